@@ -1,0 +1,179 @@
+"""Config loading and validation.
+
+The JSON schema (schemas/config.schema.yaml) checks keys and types; `check_references`
+checks what a schema cannot: that every model, dataset and prompt set a method names
+exists and that method parameters are known. Nothing here imports torch, so the
+Snakefile stays cheap to import (every SLURM job re-imports it).
+"""
+
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+from typing import Any
+
+import jsonschema
+import yaml
+
+from . import paramsets
+from .errors import ConfigError
+from .methods.registry import METHOD_DEFAULTS
+
+SCHEMA_PATH = Path(__file__).resolve().parent.parent / "schemas" / "config.schema.yaml"
+
+
+def load_schema() -> dict:
+    with open(SCHEMA_PATH, encoding="utf-8") as fh:
+        return yaml.safe_load(fh)
+
+
+def _where(error: jsonschema.ValidationError) -> str:
+    return ".".join(str(p) for p in error.absolute_path) or "(top level)"
+
+
+def _message(error: jsonschema.ValidationError) -> str:
+    if error.validator == "additionalProperties":
+        allowed = sorted(error.schema.get("properties", {}))
+        hint = f"; allowed keys: {', '.join(allowed)}" if allowed else ""
+        return f"config: {error.message} at '{_where(error)}'{hint}"
+    return f"config: '{_where(error)}': {error.message}"
+
+
+def _fill_defaults(schema: dict, instance: Any, root: dict) -> None:
+    """Fill `default` values of the schema into the instance (in place)."""
+    if "$ref" in schema:
+        schema = _resolve_ref(root, schema["$ref"])
+    if not isinstance(instance, dict):
+        return
+    for key, sub in schema.get("properties", {}).items():
+        if "$ref" in sub:
+            sub = _resolve_ref(root, sub["$ref"])
+        if key not in instance and "default" in sub:
+            instance[key] = copy.deepcopy(sub["default"])
+        if key in instance:
+            _fill_defaults(sub, instance[key], root)
+    extra = schema.get("additionalProperties")
+    if isinstance(extra, dict):
+        for key, value in instance.items():
+            if key not in schema.get("properties", {}):
+                _fill_defaults(extra, value, root)
+
+
+def _resolve_ref(root: dict, ref: str) -> dict:
+    node = root
+    for part in ref.lstrip("#/").split("/"):
+        node = node[part]
+    return node
+
+
+def validate(config: dict) -> dict:
+    """Validate a config dict; return a copy with defaults filled in.
+
+    Raises ConfigError naming the first bad key or value.
+    """
+    if not isinstance(config, dict):
+        raise ConfigError(f"config must be a mapping, got {type(config).__name__}")
+    schema = load_schema()
+    validator = jsonschema.Draft202012Validator(schema)
+    errors = sorted(validator.iter_errors(config), key=lambda e: (len(e.absolute_path), str(e.absolute_path)))
+    if errors:
+        # The deepest error of the most specific branch is the most useful one.
+        best = jsonschema.exceptions.best_match(errors)
+        raise ConfigError(_message(best))
+    config = copy.deepcopy(config)
+    _fill_defaults(schema, config, schema)
+    check_references(config)
+    return config
+
+
+def load(path: str | Path) -> dict:
+    path = Path(path)
+    if not path.exists():
+        raise ConfigError(f"config file not found: {path}")
+    try:
+        with open(path, encoding="utf-8") as fh:
+            config = yaml.safe_load(fh)
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"config file {path} is not valid YAML: {exc}") from exc
+    return validate(config)
+
+
+def check_references(config: dict) -> None:
+    models = config.get("models", {})
+    datasets = config.get("datasets", {})
+    prompts = config.get("prompts", {})
+    for name, method in config.get("methods", {}).items():
+        where = f"methods.{name}"
+        if method["model"] not in models:
+            raise ConfigError(f"{where}.model: unknown model '{method['model']}' "
+                              f"(models: {', '.join(sorted(models)) or 'none'})")
+        for dataset in method["datasets"]:
+            if dataset not in datasets:
+                raise ConfigError(f"{where}.datasets: unknown dataset '{dataset}' "
+                                  f"(datasets: {', '.join(sorted(datasets))})")
+        if method["prompts"] not in prompts:
+            raise ConfigError(f"{where}.prompts: unknown prompt set '{method['prompts']}' "
+                              f"(prompts: {', '.join(sorted(prompts)) or 'none'})")
+        method_paramsets(config, name)  # checks parameter names and sweep values
+    for metric, entry in config.get("evaluation", {}).items():
+        if "model" in entry and entry["model"] not in models:
+            raise ConfigError(f"evaluation.{metric}.model: unknown model '{entry['model']}' "
+                              f"(models: {', '.join(sorted(models)) or 'none'})")
+
+
+def method_params(config: dict, name: str) -> dict[str, Any]:
+    """Module defaults overlaid with the config's params, unknown keys rejected."""
+    method = config["methods"][name]
+    defaults = METHOD_DEFAULTS[method["kind"]]
+    params = method.get("params") or {}
+    unknown = sorted(set(params) - set(defaults))
+    if unknown:
+        raise ConfigError(f"methods.{name}.params: unknown parameter(s) {', '.join(unknown)} "
+                          f"for kind '{method['kind']}' (known: {', '.join(sorted(defaults))})")
+    resolved = {**defaults, **params}
+    for key, value in params.items():
+        expected = type(defaults[key])
+        if expected is float and isinstance(value, int) and not isinstance(value, bool):
+            resolved[key] = float(value)
+        elif not isinstance(value, expected) or (expected is int and isinstance(value, bool)):
+            raise ConfigError(f"methods.{name}.params.{key}: expected {expected.__name__}, "
+                              f"got {value!r}")
+    return resolved
+
+
+def method_paramsets(config: dict, name: str) -> dict[str, dict[str, Any]]:
+    method = config["methods"][name]
+    sets = paramsets.expand(method_params(config, name), method.get("sweep"), where=f"methods.{name}")
+    defaults = METHOD_DEFAULTS[method["kind"]]
+    for params in sets.values():
+        for key in (method.get("sweep") or {}):
+            expected = type(defaults[key])
+            value = params[key]
+            if expected is float and isinstance(value, int) and not isinstance(value, bool):
+                params[key] = float(value)
+            elif not isinstance(params[key], expected):
+                raise ConfigError(f"methods.{name}.sweep.{key}: expected {expected.__name__} "
+                                  f"values, got {value!r}")
+    return sets
+
+
+def resolve_device(config: dict) -> str:
+    """The torch device string for a job (imports torch: call inside jobs only)."""
+    import torch
+
+    device = config.get("device", "auto")
+    if device == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise ConfigError(f"device: '{device}' requested but no CUDA device is available")
+    return device
+
+
+def resolve_dtype(config: dict, device: str):
+    """fp16 on GPU and fp32 on CPU unless the config names a dtype."""
+    import torch
+
+    dtype = config.get("dtype", "auto")
+    if dtype == "auto":
+        return torch.float16 if device.startswith("cuda") else torch.float32
+    return getattr(torch, dtype)

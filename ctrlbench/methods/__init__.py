@@ -1,0 +1,1 @@
+"""One module per method. `registry` holds their defaults without importing torch."""

@@ -1,0 +1,1 @@
+"""Model registry (light, no torch), tiny stand-in builders and loaders."""

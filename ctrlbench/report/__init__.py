@@ -1,0 +1,1 @@
+"""ctrlbench.report"""
