@@ -121,6 +121,16 @@ def check_references(config: dict) -> None:
                               f"(models: {', '.join(sorted(models)) or 'none'})")
 
 
+def _cast(value, default, where: str):
+    """Check a parameter value against its default's type; ints are accepted for floats."""
+    expected = type(default)
+    if expected is float and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    if not isinstance(value, expected) or (expected is int and isinstance(value, bool)):
+        raise ConfigError(f"{where}: expected {expected.__name__}, got {value!r}")
+    return value
+
+
 def method_params(config: dict, name: str) -> dict[str, Any]:
     """Module defaults overlaid with the config's params, unknown keys rejected."""
     method = config["methods"][name]
@@ -130,31 +140,20 @@ def method_params(config: dict, name: str) -> dict[str, Any]:
     if unknown:
         raise ConfigError(f"methods.{name}.params: unknown parameter(s) {', '.join(unknown)} "
                           f"for kind '{method['kind']}' (known: {', '.join(sorted(defaults))})")
-    resolved = {**defaults, **params}
-    for key, value in params.items():
-        expected = type(defaults[key])
-        if expected is float and isinstance(value, int) and not isinstance(value, bool):
-            resolved[key] = float(value)
-        elif not isinstance(value, expected) or (expected is int and isinstance(value, bool)):
-            raise ConfigError(f"methods.{name}.params.{key}: expected {expected.__name__}, "
-                              f"got {value!r}")
-    return resolved
+    return {**defaults, **{key: _cast(value, defaults[key], f"methods.{name}.params.{key}")
+                           for key, value in params.items()}}
 
 
 def method_paramsets(config: dict, name: str) -> dict[str, dict[str, Any]]:
+    """{paramset name: resolved params} for every point of the method's sweep grid."""
     method = config["methods"][name]
-    sets = paramsets.expand(method_params(config, name), method.get("sweep"), where=f"methods.{name}")
     defaults = METHOD_DEFAULTS[method["kind"]]
-    for params in sets.values():
-        for key in (method.get("sweep") or {}):
-            expected = type(defaults[key])
-            value = params[key]
-            if expected is float and isinstance(value, int) and not isinstance(value, bool):
-                params[key] = float(value)
-            elif not isinstance(params[key], expected):
-                raise ConfigError(f"methods.{name}.sweep.{key}: expected {expected.__name__} "
-                                  f"values, got {value!r}")
-    return sets
+    sweep = {}
+    for key, values in (method.get("sweep") or {}).items():
+        if key in defaults and isinstance(values, list):
+            values = [_cast(v, defaults[key], f"methods.{name}.sweep.{key}") for v in values]
+        sweep[key] = values
+    return paramsets.expand(method_params(config, name), sweep, where=f"methods.{name}")
 
 
 def resolve_device(config: dict) -> str:

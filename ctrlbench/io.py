@@ -10,6 +10,8 @@ import contextlib
 import json
 import os
 import platform
+import re
+import shutil
 import subprocess
 import tempfile
 from importlib import metadata
@@ -93,3 +95,34 @@ def provenance(**extra: Any) -> dict[str, Any]:
     }
     record.update(extra)
     return record
+
+
+@contextlib.contextmanager
+def atomic_dir(path: str | os.PathLike) -> Iterator[Path]:
+    """Yield a temporary folder next to `path`; rename it to `path` only on success.
+
+    A job killed half-way leaves only a hidden `.name.*.tmp` folder, never a folder
+    under the final name that could be taken for a result.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp"))
+    try:
+        yield tmp
+        if path.exists():
+            shutil.rmtree(path)
+        os.replace(tmp, path)
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp)
+
+
+_SAFE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
+
+
+def safe_name(name: str) -> str:
+    """A file name built from an item id must stay inside its folder."""
+    name = str(name)
+    if not _SAFE_NAME.fullmatch(name) or ".." in name:
+        raise ValueError(f"unsafe file name {name!r}: only letters, digits, '.', '_' and '-' are allowed")
+    return name

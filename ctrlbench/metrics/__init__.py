@@ -1,1 +1,1 @@
-"""ctrlbench.metrics"""
+"""Metrics: per image first (one CSV per shard), aggregated in ctrlbench.report."""

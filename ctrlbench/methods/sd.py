@@ -1,0 +1,90 @@
+"""Stable Diffusion text-to-image (the mmm2025 base generation and the plain-SD baseline).
+
+Each prompt gets `images_per_prompt` images from one generator seeded with `seed`, as
+the original code did (generator = manual_seed(42), num_images_per_prompt = 5); the
+initial noise is drawn per prompt, so an item's images do not depend on which other
+items share its batch. Prompt embeddings are computed once per distinct prompt.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import pandas as pd
+import torch
+from diffusers.utils.torch_utils import randn_tensor
+
+from .. import io
+from ..config import resolve_device, resolve_dtype
+from ..models.loaders import load_model
+
+log = logging.getLogger(__name__)
+
+MANIFEST_COLUMNS = ["item_id", "sample", "image", "prompt", "seed", "class_name", "source_image"]
+
+
+def initial_latents(pipe, n: int, height: int, width: int, seed: int, dtype) -> torch.Tensor:
+    """The noise diffusers draws for one prompt with generator=manual_seed(seed) on CPU."""
+    shape = (n, pipe.unet.config.in_channels, height // pipe.vae_scale_factor, width // pipe.vae_scale_factor)
+    generator = torch.Generator("cpu").manual_seed(seed)
+    return randn_tensor(shape, generator=generator, device=torch.device("cpu"), dtype=dtype)
+
+
+@torch.inference_mode()
+def encode_prompts(pipe, prompts: list[str], negative_prompt: str, device) -> dict[str, tuple]:
+    """{prompt: (positive, negative) embeddings}, each distinct prompt encoded once."""
+    cache = {}
+    for prompt in dict.fromkeys(prompts):
+        positive, negative = pipe.encode_prompt(prompt, device, 1, True, negative_prompt or None)
+        cache[prompt] = (positive, negative)
+    return cache
+
+
+@torch.inference_mode()
+def generate(pipe, prompts: pd.DataFrame, params: dict, out_dir: Path) -> pd.DataFrame:
+    """Generate every prompt's images in batches; return the manifest rows."""
+    device, dtype = pipe.device, pipe.unet.dtype
+    n, height, width = params["images_per_prompt"], params["height"], params["width"]
+    embeds = encode_prompts(pipe, prompts["prompt"].tolist(), params["negative_prompt"], device)
+    jobs = []  # one entry per image: (prompt row, sample index, its initial noise)
+    for row in prompts.itertuples(index=False):
+        latents = initial_latents(pipe, n, height, width, params["seed"], dtype)
+        jobs.extend((row, sample, latents[sample]) for sample in range(n))
+
+    records = []
+    for start in range(0, len(jobs), params["batch_size"]):
+        batch = jobs[start:start + params["batch_size"]]
+        positive = torch.cat([embeds[row.prompt][0] for row, _, _ in batch])
+        negative = torch.cat([embeds[row.prompt][1] for row, _, _ in batch])
+        images = pipe(
+            prompt_embeds=positive, negative_prompt_embeds=negative,
+            latents=torch.stack([lat for _, _, lat in batch]).to(device),
+            num_inference_steps=params["num_inference_steps"], guidance_scale=params["guidance_scale"],
+            height=height, width=width, output_type="pil",
+        ).images
+        for (row, sample, _), image in zip(batch, images):
+            name = f"{io.safe_name(row.item_id)}_{sample:02d}.png"
+            io.save_image(out_dir / name, image)
+            records.append({"item_id": row.item_id, "sample": sample, "image": name, "prompt": row.prompt,
+                            "seed": params["seed"], "class_name": row.class_name, "source_image": row.image})
+        log.info("generated %d/%d images", len(records), len(jobs))
+    return pd.DataFrame(records, columns=MANIFEST_COLUMNS)
+
+
+def run_shard(config: dict, model_key: str, prompts_csv: str, out_dir: str, params: dict) -> pd.DataFrame:
+    """One job: load the model once, generate the shard, write params.json and the manifest last."""
+    prompts = pd.read_csv(prompts_csv, dtype={"item_id": str}, keep_default_na=False)
+    device = resolve_device(config)
+    dtype = resolve_dtype(config, device)
+    with io.atomic_dir(out_dir) as tmp:
+        if len(prompts):
+            pipe = load_model(config, model_key, device=device, dtype=dtype)
+            manifest = generate(pipe, prompts, params, tmp)
+        else:
+            manifest = pd.DataFrame(columns=MANIFEST_COLUMNS)
+        io.write_json(tmp / "params.json", io.provenance(
+            method="sd", params=params, model={model_key: config["models"][model_key]},
+            device=device, dtype=str(dtype), n_items=len(prompts)))
+        io.write_csv(tmp / "manifest.csv", manifest)
+    return manifest

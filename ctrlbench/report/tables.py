@@ -1,0 +1,61 @@
+"""Aggregation of per-image metric CSVs into summary tables."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from .. import io, paramsets
+
+SUMMARY_COLUMNS = ["dataset", "method", "paramset", "metric", "scale", "n", "mean", "std", "ci95_low", "ci95_high"]
+
+
+def bootstrap_ci(values: np.ndarray, n_resamples: int = 1000, seed: int = 0) -> tuple[float, float]:
+    """Percentile bootstrap 95% interval of the mean (NaN for an empty sample)."""
+    values = np.asarray(values, dtype=np.float64)
+    if len(values) == 0:
+        return float("nan"), float("nan")
+    rng = np.random.default_rng(seed)
+    means = rng.choice(values, size=(n_resamples, len(values)), replace=True).mean(axis=1)
+    low, high = np.percentile(means, [2.5, 97.5])
+    return float(low), float(high)
+
+
+def run_of(path: str | Path, results_dir: str | Path) -> dict[str, str]:
+    """dataset/method/paramset from results/metrics/<dataset>/<method>/<paramset>/<metric>/shard-N.csv."""
+    parts = Path(path).resolve().relative_to(Path(results_dir).resolve() / "metrics").parts
+    return {"dataset": parts[0], "method": parts[1], "paramset": parts[2]}
+
+
+def load_metric_files(files, results_dir) -> pd.DataFrame:
+    frames = []
+    for path in files:
+        frame = pd.read_csv(path, dtype={"item_id": str}, keep_default_na=False)
+        for key, value in run_of(path, results_dir).items():
+            frame[key] = value
+        frames.append(frame)
+    return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
+
+
+def summarize(per_image: pd.DataFrame) -> pd.DataFrame:
+    rows = []
+    if len(per_image):
+        for (dataset, method, paramset, metric, scale), group in per_image.groupby(
+                ["dataset", "method", "paramset", "metric", "scale"], sort=True):
+            values = pd.to_numeric(group["value"]).to_numpy()
+            low, high = bootstrap_ci(values)
+            rows.append({"dataset": dataset, "method": method, "paramset": paramset, "metric": metric,
+                         "scale": scale, "n": len(values), "mean": values.mean(),
+                         "std": values.std(ddof=1) if len(values) > 1 else float("nan"),
+                         "ci95_low": low, "ci95_high": high, **paramsets.parse_name(paramset)})
+    table = pd.DataFrame(rows)
+    extra = sorted(set(table.columns) - set(SUMMARY_COLUMNS)) if len(table) else []
+    return table.reindex(columns=SUMMARY_COLUMNS + extra)
+
+
+def summarize_metric_files(files, out_csv: str, results_dir: str) -> pd.DataFrame:
+    table = summarize(load_metric_files(files, results_dir))
+    io.write_csv(out_csv, table)
+    return table

@@ -1,0 +1,97 @@
+# Helpers shared by every rules file: config validation, paths and input functions.
+# Keep this cheap: every SLURM job re-imports the Snakefile (no torch, no big files).
+
+import sys
+from pathlib import Path
+
+sys.path.insert(0, workflow.basedir)  # the ctrlbench package beside the Snakefile
+
+from snakemake.exceptions import WorkflowError
+
+from ctrlbench import config as cb_config
+from ctrlbench.errors import ConfigError
+from ctrlbench.models.registry import model_inputs, model_source
+from ctrlbench.data.layout import dataset_index_files
+
+try:
+    CONFIG = cb_config.validate(config)
+except ConfigError as error:
+    raise WorkflowError(str(error)) from None
+
+RESULTS = CONFIG["results_dir"]
+N_SHARDS = CONFIG["n_shards"]
+SHARDS = [f"{i:03d}" for i in range(N_SHARDS)]
+# Every parameter set of every method, resolved once: {method: {paramset: params}}.
+PARAMSETS = {name: cb_config.method_paramsets(CONFIG, name) for name in CONFIG["methods"]}
+
+
+wildcard_constraints:
+    dataset=r"[A-Za-z][A-Za-z0-9_]*",
+    method=r"[A-Za-z][A-Za-z0-9_]*",
+    prompt_set=r"[A-Za-z][A-Za-z0-9_]*",
+    model=r"[A-Za-z][A-Za-z0-9_]*",
+    fmt=r"cub|flowers|coco",
+    paramset=r"[^/]+",
+    shard=r"\d{3}",
+
+
+def methods_of_kind(kind):
+    """Regex matching the configured methods of one kind (for wildcard_constraints)."""
+    names = [name for name, method in CONFIG["methods"].items() if method["kind"] == kind]
+    return "|".join(names) if names else "(?!)"
+
+
+def dataset_root(dataset):
+    entry = CONFIG["datasets"][dataset]
+    if entry["root"] == "toy":
+        return f"{RESULTS}/toy/{entry['format']}"
+    return entry["root"]
+
+
+def dataset_inputs(wildcards):
+    """The toy build for toy datasets; the index files of a real dataset (so that
+    Snakemake notices when they change). Missing real files are reported by the reader."""
+    entry = CONFIG["datasets"][wildcards.dataset]
+    if entry["root"] == "toy":
+        return [dataset_root(wildcards.dataset)]
+    return dataset_index_files(entry["format"], entry["root"])
+
+
+def shard_items(wildcards):
+    """The items of one shard. The shard files are written by the `items` checkpoint and
+    rewritten only when their content changes: they are deliberately not declared as
+    its outputs, so unchanged shards keep their mtime and their jobs do not rerun."""
+    checkpoints.items.get(dataset=wildcards.dataset)
+    return f"{RESULTS}/data/{wildcards.dataset}/shards/shard-{wildcards.shard}.csv"
+
+
+def method_model_inputs(wildcards):
+    return model_inputs(CONFIG, CONFIG["methods"][wildcards.method]["model"])
+
+
+def paramset_params(wildcards):
+    return PARAMSETS[wildcards.method][wildcards.paramset]
+
+
+def images_dir(dataset, method, paramset, shard):
+    return f"{RESULTS}/images/{dataset}/{method}/{paramset}/shard-{shard}"
+
+
+def method_runs():
+    """(dataset, method, paramset) for every configured run."""
+    for method, entry in CONFIG["methods"].items():
+        for dataset in entry["datasets"]:
+            for paramset in PARAMSETS[method]:
+                yield dataset, method, paramset
+
+
+def summary_table():
+    return f"{RESULTS}/tables/summary.csv"
+
+
+def print_results_location():
+    table = Path(summary_table())
+    if table.exists():
+        print(f"\nctrlbench: done. Summary table: {table.resolve()}")
+        print(f"Images: {Path(RESULTS, 'images').resolve()}; metrics: {Path(RESULTS, 'metrics').resolve()}\n")
+        print(table.read_text())

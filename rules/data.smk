@@ -1,0 +1,36 @@
+# Dataset preparation: toy datasets in the real formats, and the items table of every
+# configured dataset, split into shards.
+
+
+rule toy_data:
+    output:
+        directory(f"{RESULTS}/toy/{{fmt}}"),
+    params:
+        fmt=lambda wc: wc.fmt,
+        options=lambda wc: {
+            "seed": CONFIG["toy"]["seed"],
+            "image_size": CONFIG["toy"]["image_size"],
+            **CONFIG["toy"][wc.fmt],
+        },
+    log:
+        f"{RESULTS}/logs/toy_data/{{fmt}}.log",
+    script:
+        "../scripts/make_toy_data.py"
+
+
+checkpoint items:
+    input:
+        dataset_inputs,
+    output:
+        f"{RESULTS}/data/{{dataset}}/items.csv",
+    params:
+        fmt=lambda wc: CONFIG["datasets"][wc.dataset]["format"],
+        root=lambda wc: dataset_root(wc.dataset),
+        split=lambda wc: CONFIG["datasets"][wc.dataset]["split"],
+        max_items=lambda wc: CONFIG["datasets"][wc.dataset]["max_items"],
+        n_shards=N_SHARDS,
+        shard_dir=lambda wc: f"{RESULTS}/data/{wc.dataset}/shards",
+    log:
+        f"{RESULTS}/logs/items/{{dataset}}.log",
+    script:
+        "../scripts/prepare_items.py"

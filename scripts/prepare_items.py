@@ -1,0 +1,6 @@
+from ctrlbench.data.items import prepare_items
+from ctrlbench.jobs import logged
+
+p = snakemake.params
+with logged(snakemake.log[0]):
+    prepare_items(p.fmt, p.root, p.split, snakemake.output[0], p.shard_dir, p.n_shards, p.max_items)
