@@ -1,0 +1,537 @@
+"""Deterministic toy datasets in the real on-disk formats of CUB-200-2011, Oxford
+Flowers-102 and COCO 2017, so the whole workflow runs without downloads (docs/data.md).
+
+Every item (image, attribute labels, captions) comes from its own random generator,
+np.random.default_rng([seed, class_id, number]) (COCO: [seed, image_id]); class-level
+properties (colours, attributes) from default_rng([seed, class_id]). So the same
+arguments give byte-identical files, and larger counts only add items: the files and
+ids of existing items stay as they were. Each make_* builds the dataset in a temporary
+sibling folder and renames it into place at the end, replacing an earlier toy copy.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import json
+import os
+import re
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Iterator, NamedTuple
+
+import numpy as np
+import scipy.io
+from PIL import Image, ImageDraw
+
+from ctrlbench.data.coco import COCO_CATEGORIES
+from ctrlbench.data.cub import CERTAINTIES, CUB_ATTRIBUTE_GROUPS, CUB_ATTRIBUTES, CUB_CLASS_NAMES, CUB_COLORS
+from ctrlbench.data.flowers import FLOWERS_CLASS_NAMES
+from ctrlbench.errors import DatasetError
+
+JPEG_QUALITY = 90
+MARKER = ".ctrlbench_toy.json"  # written last; says a folder is a toy copy that may be replaced
+
+RGB = {
+    "blue": (45, 85, 200), "brown": (120, 80, 45), "iridescent": (40, 150, 150),
+    "purple": (115, 55, 150), "rufous": (175, 75, 35), "grey": (130, 130, 130),
+    "yellow": (235, 205, 45), "olive": (110, 115, 45), "green": (50, 145, 60),
+    "pink": (235, 150, 180), "orange": (240, 135, 35), "black": (25, 25, 25),
+    "white": (240, 240, 235), "red": (205, 35, 35), "buff": (220, 190, 140),
+    "lavender": (180, 160, 225),
+}
+
+
+def make_toy(dataset_format: str, root, **kwargs) -> Path:
+    """Write the toy copy of `dataset_format` ("cub" | "flowers" | "coco") at `root`."""
+    makers = {"cub": make_toy_cub, "flowers": make_toy_flowers, "coco": make_toy_coco}
+    if dataset_format not in makers:
+        raise DatasetError(f"unknown dataset format {dataset_format!r}; expected one of {sorted(makers)}")
+    return makers[dataset_format](root, **kwargs)
+
+
+# --- CUB-200-2011 ---------------------------------------------------------------------------
+
+_MAIN_COLOR_GROUPS = ("has_wing_color", "has_upperparts_color", "has_back_color", "has_upper_tail_color",
+                      "has_primary_color", "has_crown_color", "has_nape_color", "has_forehead_color")
+_SECOND_COLOR_GROUPS = ("has_underparts_color", "has_breast_color", "has_throat_color",
+                        "has_belly_color", "has_under_tail_color")
+# Roughly the real plumage of the first three classes (the albatrosses); later classes draw theirs.
+_FIRST_CUB_COLORS = (("black", "white"), ("white", "grey"), ("brown", "buff"))
+_BIRD_CAPTIONS = (
+    "this bird has a {wing} wing and a {belly} belly.",
+    "a {size} bird with {primary} feathers and a {bill_shape} bill.",
+    "this {primary} bird has a {breast} breast and a {bill} bill.",
+    "the bird has a {crown} crown, a {throat} throat and {eye} eyes.",
+    "a {primary} and {belly} bird with a {tail_shape}.",
+    "this bird is {primary} with {belly} on its belly and {leg} legs.",
+    "a {size} {shape} bird with a {bill_length} bill.",
+    "this bird has {wing} wings, a {belly} belly and a {head_pattern} pattern on its head.",
+    "the {primary} bird has a {bill_shape} {bill} bill.",
+    "a bird with a {breast} breast, {wing} wings and a {wing_pattern} wing pattern.",
+    "this small animal has a {crown} head and a {throat} throat.",
+    "a {primary} bird perched with its {tail_shape} showing.",
+)
+
+_BILL_LENGTHS = {"about_the_same_as_head": "head-length", "longer_than_head": "long", "shorter_than_head": "short"}
+
+
+class _BirdClass(NamedTuple):
+    class_id: int
+    folder: str               # "001.Black_footed_Albatross"
+    values: dict              # attribute group -> chosen value
+    in_profile: np.ndarray    # bool [312]: attributes the class has
+    always_visible: np.ndarray  # bool [312]: the main colour, never hidden, so the class is recognisable
+
+
+class _CubItem(NamedTuple):
+    bird: _BirdClass
+    number: int               # within the class: odd = train, even = test
+    is_train: bool
+
+    @property
+    def image_id(self) -> int:
+        return self.bird.class_id * 10000 + self.number
+
+    @property
+    def relpath(self) -> str:
+        # Real files capitalise every word: 001.Black_footed_Albatross/Black_Footed_Albatross_0001_796111.jpg
+        species = "_".join(word.capitalize() for word in self.bird.folder.split(".", 1)[1].split("_"))
+        return f"{self.bird.folder}/{species}_{self.number:04d}_{self.image_id}.jpg"
+
+
+def make_toy_cub(root, n_classes: int = 3, train_per_class: int = 2, test_per_class: int = 2,
+                 image_size: int = 64, seed: int = 0) -> Path:
+    """Write <root>/CUB_200_2011/, <root>/attributes.txt and <root>/text_c10/ (see cub.py)."""
+    _check_counts(n_classes=n_classes, train_per_class=train_per_class, test_per_class=test_per_class)
+    _check_range("n_classes", n_classes, len(CUB_CLASS_NAMES))
+    _check_range("train_per_class", train_per_class, 4999)
+    _check_range("test_per_class", test_per_class, 4999)
+    _check_image_size(image_size)
+    _check_seed(seed)
+    birds = [_bird_class(seed, class_id) for class_id in range(1, n_classes + 1)]
+    # Train items take the odd numbers, test items the even ones, so growing either split
+    # leaves the other's ids alone.
+    items = [_CubItem(bird, 2 * i + 1, True) for bird in birds for i in range(train_per_class)]
+    items += [_CubItem(bird, 2 * i + 2, False) for bird in birds for i in range(test_per_class)]
+    items.sort(key=lambda item: item.image_id)
+    settings = dict(n_classes=n_classes, train_per_class=train_per_class, test_per_class=test_per_class,
+                    image_size=image_size, seed=seed)
+    with _staged(root, "cub", settings) as staging:
+        _write_cub(staging, birds, items, image_size, seed)
+    return Path(root)
+
+
+def _write_cub(staging: Path, birds, items, image_size: int, seed: int) -> None:
+    cub = staging / "CUB_200_2011"
+    boxes, label_lines = [], []
+    for item in items:
+        rng = np.random.default_rng([seed, item.bird.class_id, item.number])
+        image, box = _draw_bird(rng, item.bird, image_size)
+        _save_jpeg(cub / "images" / item.relpath, image)
+        boxes.append(f"{item.image_id} " + " ".join(f"{v:.1f}" for v in box))
+        label_lines += _bird_attribute_lines(rng, item)
+        stem = Path(item.relpath)
+        _write_text(staging / "text_c10" / stem.parent / f"{stem.stem}.txt", _lines(_bird_captions(rng, item.bird)))
+    _write_text(cub / "images.txt", _lines(f"{item.image_id} {item.relpath}" for item in items))
+    _write_text(cub / "classes.txt", _lines(f"{bird.class_id} {bird.folder}" for bird in birds))
+    _write_text(cub / "image_class_labels.txt", _lines(f"{item.image_id} {item.bird.class_id}" for item in items))
+    _write_text(cub / "train_test_split.txt", _lines(f"{item.image_id} {int(item.is_train)}" for item in items))
+    _write_text(cub / "bounding_boxes.txt", _lines(boxes))
+    _write_text(cub / "attributes" / "image_attribute_labels.txt", _lines(label_lines))
+    _write_text(cub / "attributes" / "certainties.txt", _lines(f"{k} {v}" for k, v in CERTAINTIES.items()))
+    # The real tarball puts attributes.txt beside CUB_200_2011/, not inside it.
+    _write_text(staging / "attributes.txt", _lines(f"{i} {name}" for i, name in enumerate(CUB_ATTRIBUTES, 1)))
+
+
+def _bird_class(seed: int, class_id: int) -> _BirdClass:
+    rng = np.random.default_rng([seed, class_id])
+    if class_id <= len(_FIRST_CUB_COLORS):
+        main, second = _FIRST_CUB_COLORS[class_id - 1]
+    else:
+        main, second = (CUB_COLORS[i] for i in rng.choice(len(CUB_COLORS), size=2, replace=False))
+    values = {}
+    for group, options in CUB_ATTRIBUTE_GROUPS:
+        drawn = options[rng.integers(len(options))]  # drawn for every group: same stream for every class
+        values[group] = main if group in _MAIN_COLOR_GROUPS else second if group in _SECOND_COLOR_GROUPS else drawn
+    in_profile = np.array([name.split("::")[1] == values[name.split("::")[0]] for name in CUB_ATTRIBUTES])
+    always_visible = in_profile & np.array([name.split("::")[0] in _MAIN_COLOR_GROUPS for name in CUB_ATTRIBUTES])
+    folder = f"{class_id:03d}.{CUB_CLASS_NAMES[class_id - 1]}"
+    return _BirdClass(class_id, folder, values, in_profile, always_visible)
+
+
+def _bird_attribute_lines(rng, item: _CubItem) -> list[str]:
+    """One image's lines of image_attribute_labels.txt, every attribute, as in the real file."""
+    bird, n = item.bird, len(CUB_ATTRIBUTES)
+    present = bird.in_profile ^ (rng.random(n) < 0.01)  # annotators disagree now and then
+    present |= bird.always_visible
+    certainty = rng.choice([1, 2, 3, 4], size=n, p=[0.1, 0.15, 0.35, 0.4])  # 1 = not visible
+    certainty[bird.always_visible] = rng.choice([3, 4], size=int(bird.always_visible.sum()))
+    seconds = rng.uniform(2.0, 30.0, size=n)
+    return [f"{item.image_id} {a + 1} {int(present[a])} {certainty[a]} {seconds[a]:.4f}" for a in range(n)]
+
+
+def _bird_captions(rng, bird: _BirdClass) -> list[str]:
+    words = {key: _phrase(bird.values[f"has_{key}"]) for key in (
+        "wing_color", "belly_color", "size", "primary_color", "bill_shape", "breast_color", "bill_color",
+        "crown_color", "throat_color", "eye_color", "tail_shape", "leg_color", "shape", "bill_length",
+        "head_pattern", "wing_pattern")}
+    words = {key.removesuffix("_color"): value for key, value in words.items()}
+    words["bill_length"] = _BILL_LENGTHS[bird.values["has_bill_length"]]
+    chosen = rng.permutation(len(_BIRD_CAPTIONS))[:10]
+    return [_BIRD_CAPTIONS[i].format(**words) for i in chosen]
+
+
+def _phrase(value: str) -> str:
+    """Attribute value as caption words: 'curved_(up_or_down)' -> 'curved', 'forked_tail' -> 'forked tail'."""
+    return re.sub(r"_\(.*\)$", "", value).replace("_", " ")
+
+
+def _draw_bird(rng, bird: _BirdClass, size: int) -> tuple[Image.Image, tuple[float, ...]]:
+    """A bird of the class colours on a sky-to-ground gradient; returns (image, [x, y, w, h] box)."""
+    image = Image.fromarray(_gradient(rng, size, (150, 235), (60, 140)))
+    draw = ImageDraw.Draw(image)
+    colors = {key: RGB[bird.values[group]] for key, group in (
+        ("main", "has_primary_color"), ("belly", "has_belly_color"),
+        ("bill", "has_bill_color"), ("eye", "has_eye_color"))}
+    cx, cy = size * rng.uniform(0.4, 0.6), size * rng.uniform(0.48, 0.6)
+    w, h = size * rng.uniform(0.42, 0.56), size * rng.uniform(0.26, 0.34)
+    facing = 1 if rng.random() < 0.5 else -1
+    tail_x = cx - facing * w * 0.75
+    draw.polygon([(cx - facing * w * 0.3, cy - h * 0.15), (tail_x, cy - h * 0.35), (tail_x, cy + h * 0.1)],
+                 fill=colors["main"])
+    draw.ellipse([cx - w / 2, cy - h / 2, cx + w / 2, cy + h / 2], fill=colors["main"])
+    draw.ellipse([cx - w / 3, cy, cx + w / 3, cy + h / 2], fill=colors["belly"])
+    hx, hy, r = cx + facing * w * 0.42, cy - h * 0.55, h * 0.4
+    draw.ellipse([hx - r, hy - r, hx + r, hy + r], fill=colors["main"])
+    tip = hx + facing * r * 2.0
+    draw.polygon([(hx + facing * r * 0.8, hy - r * 0.35), (tip, hy), (hx + facing * r * 0.8, hy + r * 0.35)],
+                 fill=colors["bill"])
+    ex, ey, er = hx + facing * r * 0.35, hy - r * 0.2, max(1.0, r * 0.22)
+    draw.ellipse([ex - er, ey - er, ex + er, ey + er], fill=colors["eye"])
+    xs = (cx - w / 2, cx + w / 2, hx - r, hx + r, tip, tail_x)
+    x0, x1 = max(0.0, min(xs)), min(float(size), max(xs))
+    y0, y1 = max(0.0, hy - r), min(float(size), cy + h / 2)
+    return image, (x0, y0, x1 - x0, y1 - y0)
+
+
+# --- Oxford Flowers-102 ----------------------------------------------------------------------
+
+# Image numbers are class_block + 3 * i + split offset: every (class, split, i) keeps its number
+# whatever the counts (numbers left unused are simply absent, like images never listed in
+# setid.mat). 640 * 102 stays below 65536, so the indices fit uint16 as in the real setid.mat.
+_FLOWERS_BLOCK = 640
+_FLOWERS_SPLIT_OFFSETS = {"train": 1, "val": 2, "test": 3}
+_PETAL_COLORS = ("pink", "yellow", "purple", "white", "red", "orange", "blue", "lavender")
+_CENTER_COLORS = ("yellow", "brown", "black", "white", "green", "orange")
+_PETAL_SHAPES = ("rounded", "pointed", "long and thin", "broad", "ruffled")
+_FLOWER_CAPTIONS = (
+    "this flower has {n} {color} petals and a {center} center.",
+    "the petals of this flower are {color} and {shape}.",
+    "a {color} flower with {n} petals around a {center} pistil.",
+    "this flower is {color} in color, with {shape} petals.",
+    "the flower has {shape} {color} petals surrounding {center} stamen.",
+    "a flower with {n} {shape} petals that are {color}.",
+    "this {color} flower has a {center} center and green leaves behind it.",
+    "the {n} petals are {color} and the center is {center}.",
+    "a close up of a {color} flower with a {center} middle.",
+    "this flower has petals that are {color} with a {center} ovary.",
+    "{color} petals, {shape}, spread around a {center} center.",
+)
+
+
+class _FlowerClass(NamedTuple):
+    class_id: int
+    color: str
+    center: str
+    shape: str
+    n_petals: int
+    petal_length: float  # fraction of the image size
+
+
+def make_toy_flowers(root, n_classes: int = 3, train_per_class: int = 2, test_per_class: int = 2,
+                     image_size: int = 64, seed: int = 0, val_per_class: int | None = None) -> Path:
+    """Write <root>/jpg/, imagelabels.mat, setid.mat and text_c10/ (see flowers.py).
+
+    val_per_class defaults to test_per_class.
+    """
+    val_per_class = test_per_class if val_per_class is None else val_per_class
+    counts = {"train": train_per_class, "val": val_per_class, "test": test_per_class}
+    _check_counts(n_classes=n_classes, **{f"{k}_per_class": v for k, v in counts.items()})
+    _check_range("n_classes", n_classes, len(FLOWERS_CLASS_NAMES))
+    for split, count in counts.items():
+        _check_range(f"{split}_per_class", count, (_FLOWERS_BLOCK - 1) // 3)
+    _check_image_size(image_size)
+    _check_seed(seed)
+    flowers = [_flower_class(seed, class_id) for class_id in range(1, n_classes + 1)]
+    numbers = {split: sorted((f.class_id - 1) * _FLOWERS_BLOCK + 3 * i + _FLOWERS_SPLIT_OFFSETS[split]
+                             for f in flowers for i in range(count)) for split, count in counts.items()}
+    settings = dict(n_classes=n_classes, train_per_class=train_per_class, val_per_class=val_per_class,
+                    test_per_class=test_per_class, image_size=image_size, seed=seed)
+    with _staged(root, "flowers", settings) as staging:
+        _write_flowers(staging, flowers, numbers, image_size, seed)
+    return Path(root)
+
+
+def _write_flowers(staging: Path, flowers, numbers: dict, image_size: int, seed: int) -> None:
+    for number in sorted(n for listed in numbers.values() for n in listed):
+        flower = flowers[(number - 1) // _FLOWERS_BLOCK]
+        rng = np.random.default_rng([seed, flower.class_id, number])
+        _save_jpeg(staging / "jpg" / f"image_{number:05d}.jpg", _draw_flower(rng, flower, image_size))
+        captions = _lines(_flower_captions(rng, flower))
+        _write_text(staging / "text_c10" / f"class_{flower.class_id:05d}" / f"image_{number:05d}.txt", captions)
+    n_labels = max(n for listed in numbers.values() for n in listed)
+    labels = np.array([[(n - 1) // _FLOWERS_BLOCK + 1 for n in range(1, n_labels + 1)]], dtype=np.uint8)
+    _save_mat(staging / "imagelabels.mat", {"labels": labels})
+    _save_mat(staging / "setid.mat", {key: np.array([numbers[split]], dtype=np.uint16) for split, key in
+                                      (("train", "trnid"), ("val", "valid"), ("test", "tstid"))})
+
+
+def _flower_class(seed: int, class_id: int) -> _FlowerClass:
+    rng = np.random.default_rng([seed, class_id])
+    color = _PETAL_COLORS[class_id - 1] if class_id <= 3 else _PETAL_COLORS[rng.integers(len(_PETAL_COLORS))]
+    return _FlowerClass(class_id, color, _CENTER_COLORS[rng.integers(len(_CENTER_COLORS))],
+                        _PETAL_SHAPES[rng.integers(len(_PETAL_SHAPES))], int(rng.integers(4, 10)),
+                        float(rng.uniform(0.22, 0.34)))
+
+
+def _draw_flower(rng, flower: _FlowerClass, size: int) -> Image.Image:
+    """Petals of the class colour around a centre disc, on a foliage-green gradient."""
+    image = Image.fromarray(_gradient(rng, size, (90, 150), (20, 80), green=True))
+    draw = ImageDraw.Draw(image)
+    cx, cy = size * rng.uniform(0.42, 0.58), size * rng.uniform(0.42, 0.58)
+    length = size * flower.petal_length * rng.uniform(0.9, 1.1)
+    width = length * 0.45
+    turn = rng.uniform(0, 2 * np.pi)
+    t = np.linspace(0, 2 * np.pi, 16, endpoint=False)
+    for k in range(flower.n_petals):
+        angle = turn + 2 * np.pi * k / flower.n_petals
+        along, across = length / 2 * (1 + np.cos(t)), width / 2 * np.sin(t)
+        xs = cx + along * np.cos(angle) - across * np.sin(angle)
+        ys = cy + along * np.sin(angle) + across * np.cos(angle)
+        draw.polygon(list(zip(xs.tolist(), ys.tolist())), fill=RGB[flower.color], outline=(60, 60, 60))
+    r = length * 0.3
+    draw.ellipse([cx - r, cy - r, cx + r, cy + r], fill=RGB[flower.center])
+    return image
+
+
+def _flower_captions(rng, flower: _FlowerClass) -> list[str]:
+    chosen = rng.permutation(len(_FLOWER_CAPTIONS))[:10]
+    return [_FLOWER_CAPTIONS[i].format(n=flower.n_petals, color=flower.color, center=flower.center,
+                                       shape=flower.shape) for i in chosen]
+
+
+def _save_mat(path: Path, arrays: dict) -> None:
+    buffer = io.BytesIO()
+    scipy.io.savemat(buffer, arrays, do_compression=False)
+    data = bytearray(buffer.getvalue())
+    # savemat stamps the creation time into the 116-byte text header; a fixed text keeps
+    # the file byte-identical between runs.
+    data[:116] = b"MATLAB 5.0 MAT-file, Platform: posix, Created by: ctrlbench toy data".ljust(116)
+    path.write_bytes(bytes(data))
+
+
+# --- COCO 2017 --------------------------------------------------------------------------------
+
+# Scenes cycle with the image id. With the filter "2-4 objects, no person, every mask >= 5%
+# of the image", images 1, 2 and 6 pass; 3 (a person), 4 (a tiny object) and 5 (5 objects) fail.
+_COCO_SCENES = (("plain", 2), ("plain", 3), ("person", 3), ("tiny", 2), ("plain", 5), ("plain", 4))
+# Pascal VOC classes other than person, by COCO id.
+_VOC_OBJECT_IDS = (2, 3, 4, 5, 6, 7, 9, 16, 17, 18, 19, 20, 21, 44, 62, 63, 64, 67, 72)
+_CATEGORY_NAMES = {cid: name for cid, name, _ in COCO_CATEGORIES}
+_SHAPES = ("rectangle", "ellipse", "triangle", "diamond")
+
+
+def make_toy_coco(root, n_images: int = 6, image_size: int = 64, seed: int = 0) -> Path:
+    """Write <root>/val2017/*.jpg and <root>/annotations/{instances,captions}_val2017.json."""
+    _check_counts(n_images=n_images)
+    _check_image_size(image_size)
+    _check_seed(seed)
+    images, annotations, captions = [], [], []
+    settings = dict(n_images=n_images, image_size=image_size, seed=seed)
+    with _staged(root, "coco", settings) as staging:
+        for image_id in range(1, n_images + 1):
+            rng = np.random.default_rng([seed, image_id])
+            entry, objects, picture = _coco_image(rng, image_id, image_size)
+            _save_jpeg(staging / "val2017" / entry["file_name"], picture)
+            images.append(entry)
+            annotations += objects
+            captions += _coco_captions(rng, image_id, [obj["category_id"] for obj in objects])
+        header = _coco_header()
+        categories = [{"supercategory": sup, "id": cid, "name": name} for cid, name, sup in COCO_CATEGORIES]
+        _write_text(staging / "annotations" / "instances_val2017.json", json.dumps(
+            {**header, "images": images, "annotations": annotations, "categories": categories}))
+        _write_text(staging / "annotations" / "captions_val2017.json", json.dumps(
+            {**header, "images": images, "annotations": captions}))
+    return Path(root)
+
+
+def _coco_image(rng, image_id: int, size: int) -> tuple[dict, list[dict], Image.Image]:
+    kind, n_objects = _COCO_SCENES[(image_id - 1) % len(_COCO_SCENES)]
+    category_ids = [int(c) for c in rng.choice(_VOC_OBJECT_IDS, size=n_objects, replace=False)]
+    if kind == "person":
+        category_ids[0] = 1
+    picture = Image.fromarray(_gradient(rng, size, (170, 230), (110, 190)))
+    draw = ImageDraw.Draw(picture)
+    objects = []
+    for k, (category_id, cell) in enumerate(zip(category_ids, _grid_cells(rng, n_objects, size))):
+        tiny = kind == "tiny" and k == n_objects - 1
+        polygon = _shape_polygon(rng, cell, size, tiny)
+        draw.polygon(polygon, fill=_category_color(category_id))
+        objects.append(_coco_annotation(image_id * 100 + k + 1, image_id, category_id, polygon, size))
+    entry = {"license": 1, "file_name": f"{image_id:012d}.jpg", "coco_url": "", "height": size,
+             "width": size, "date_captured": "2017-01-01 00:00:00", "flickr_url": "", "id": image_id}
+    return entry, objects, picture
+
+
+def _grid_cells(rng, n_objects: int, size: int) -> list[tuple[float, float, float, float]]:
+    """Disjoint cells (x, y, w, h), one per object, so no object hides another and every
+    polygon equals its visible mask."""
+    cols, rows = (2, 1) if n_objects <= 2 else (2, 2) if n_objects <= 4 else (3, 2)
+    w, h = size / cols, size / rows
+    cells = [(c * w, r * h, w, h) for r in range(rows) for c in range(cols)]
+    return [cells[i] for i in rng.permutation(len(cells))[:n_objects]]
+
+
+def _shape_polygon(rng, cell, size: int, tiny: bool) -> list[tuple[float, float]]:
+    x, y, w, h = cell
+    if tiny:  # about 1% of the image: well under a 5% minimum-mask filter
+        bw = bh = size * 0.1
+    else:  # at least 0.75 of the cell each way: >= 7% of the image for every shape in a 2x2 grid
+        bw, bh = w * rng.uniform(0.75, 0.95), h * rng.uniform(0.75, 0.95)
+    x0, y0 = x + rng.uniform(0, w - bw), y + rng.uniform(0, h - bh)
+    shape = _SHAPES[rng.integers(len(_SHAPES))]
+    if shape == "rectangle":
+        points = [(0, 0), (1, 0), (1, 1), (0, 1)]
+    elif shape == "triangle":
+        points = [(0.5, 0), (1, 1), (0, 1)]
+    elif shape == "diamond":
+        points = [(0.5, 0), (1, 0.5), (0.5, 1), (0, 0.5)]
+    else:
+        t = np.linspace(0, 2 * np.pi, 20, endpoint=False)
+        points = list(zip((0.5 + 0.5 * np.cos(t)).tolist(), (0.5 + 0.5 * np.sin(t)).tolist()))
+    return [(round(x0 + px * bw, 2), round(y0 + py * bh, 2)) for px, py in points]
+
+
+def _coco_annotation(ann_id: int, image_id: int, category_id: int, polygon, size: int) -> dict:
+    from pycocotools import mask as mask_utils
+
+    flat = [v for point in polygon for v in point]
+    area = float(mask_utils.area(mask_utils.merge(mask_utils.frPyObjects([flat], size, size))))
+    xs, ys = [p[0] for p in polygon], [p[1] for p in polygon]
+    bbox = [min(xs), min(ys), round(max(xs) - min(xs), 2), round(max(ys) - min(ys), 2)]
+    return {"segmentation": [flat], "area": area, "iscrowd": 0, "image_id": image_id,
+            "bbox": bbox, "category_id": category_id, "id": ann_id}
+
+
+def _category_color(category_id: int) -> tuple[int, int, int]:
+    """A fixed, well-separated colour per category (golden-ratio hue steps)."""
+    import colorsys
+
+    red, green, blue = colorsys.hsv_to_rgb((category_id * 0.618034) % 1.0, 0.75, 0.85)
+    return int(red * 255), int(green * 255), int(blue * 255)
+
+
+def _coco_captions(rng, image_id: int, category_ids: list[int]) -> list[dict]:
+    names = [_CATEGORY_NAMES[c] for c in category_ids]
+    things = [f"{'an' if name[0] in 'aeiou' else 'a'} {name}" for name in names]
+    listed = things[0] if len(things) == 1 else ", ".join(things[:-1]) + " and " + things[-1]
+    templates = (f"{listed}.", f"a picture of {listed}.", f"{listed} on a plain background.",
+                 f"a simple drawing showing {listed}.", f"{len(things)} objects: {', '.join(names)}.")
+    order = rng.permutation(len(templates))
+    return [{"image_id": image_id, "id": image_id * 10 + k + 1, "caption": templates[i]} for k, i in enumerate(order)]
+
+
+def _coco_header() -> dict:
+    return {
+        "info": {"description": "ctrlbench toy data in the COCO 2017 format", "url": "", "version": "1.0",
+                 "year": 2017, "contributor": "ctrlbench", "date_created": "2017/09/01"},
+        "licenses": [{"url": "", "id": 1, "name": "generated toy data"}],
+    }
+
+
+# --- shared ---------------------------------------------------------------------------------
+
+@contextlib.contextmanager
+def _staged(root, generator: str, settings: dict) -> Iterator[Path]:
+    """Yield an empty sibling folder of `root`; on success it replaces `root` in one rename."""
+    root = Path(root)
+    _refuse_foreign(root)
+    root.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{root.name}.tmp-", dir=root.parent))
+    try:
+        yield staging
+        _write_text(staging / MARKER, json.dumps({"generator": generator, **settings}, sort_keys=True) + "\n")
+        os.chmod(staging, 0o755)  # mkdtemp makes it 0700
+        _swap_into_place(staging, root)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+
+
+def _refuse_foreign(root: Path) -> None:
+    """Never delete a folder with files that make_toy did not write (e.g. a real dataset)."""
+    if not root.exists():
+        return
+    if not root.is_dir():
+        raise DatasetError(f"toy data: {root} exists and is not a folder")
+    if not (root / MARKER).is_file() and any(path.is_file() for path in root.rglob("*")):
+        raise DatasetError(f"toy data: refusing to replace {root}: it holds files that were not "
+                           f"written by make_toy (no {MARKER}); choose an empty or new folder")
+
+
+def _swap_into_place(staging: Path, root: Path) -> None:
+    if not root.exists():
+        os.rename(staging, root)
+        return
+    trash = Path(tempfile.mkdtemp(prefix=f".{root.name}.old-", dir=root.parent))
+    os.rename(root, trash / root.name)
+    os.rename(staging, root)
+    shutil.rmtree(trash, ignore_errors=True)
+
+
+def _gradient(rng, size: int, top: tuple[int, int], bottom: tuple[int, int], green: bool = False) -> np.ndarray:
+    """uint8 [size, size, 3]: vertical gradient between two random colours, plus mild noise."""
+    top_color, bottom_color = rng.integers(*top, size=3), rng.integers(*bottom, size=3)
+    if green:  # foliage: green dominates
+        top_color[1], bottom_color[1] = top_color[1] + 60, bottom_color[1] + 60
+    t = np.linspace(0.0, 1.0, size)[:, None, None]
+    pixels = np.broadcast_to(top_color * (1 - t) + bottom_color * t, (size, size, 3))
+    return np.clip(pixels + rng.normal(0, 5, (size, size, 3)), 0, 255).astype(np.uint8)
+
+
+def _save_jpeg(path: Path, image: Image.Image) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    image.save(path, format="JPEG", quality=JPEG_QUALITY)
+
+
+def _write_text(path: Path, text: str) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "w", encoding="utf-8", newline="\n") as handle:
+        handle.write(text)
+
+
+def _lines(lines) -> str:
+    return "".join(f"{line}\n" for line in lines)
+
+
+def _check_counts(**counts: int) -> None:
+    for name, value in counts.items():
+        if not isinstance(value, (int, np.integer)) or isinstance(value, bool) or value < 1:
+            raise ValueError(f"toy data: {name} must be a positive integer, got {value!r}")
+
+
+def _check_range(name: str, value: int, maximum: int) -> None:
+    if value > maximum:
+        raise ValueError(f"toy data: {name} must be at most {maximum}, got {value}")
+
+
+def _check_seed(seed: int) -> None:
+    if not isinstance(seed, (int, np.integer)) or isinstance(seed, bool) or seed < 0:
+        raise ValueError(f"toy data: seed must be a non-negative integer (numpy seeding), got {seed!r}")
+
+
+def _check_image_size(image_size: int) -> None:
+    _check_counts(image_size=image_size)
+    if image_size < 16:
+        raise ValueError(f"toy data: image_size must be at least 16, got {image_size}")
