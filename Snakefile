@@ -8,7 +8,12 @@ from snakemake.utils import min_version
 min_version("9.0")
 
 
-configfile: "config.yaml"
+# The demo config, unless --configfile names another. Snakemake would otherwise deep-merge
+# the two, and a real run would inherit the demo's tiny models and sweeps.
+if not workflow.overwrite_configfiles:
+
+    configfile: "config.yaml"
+
 
 
 include: "rules/common.smk"

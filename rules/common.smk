@@ -4,7 +4,15 @@
 import sys
 from pathlib import Path
 
-sys.path.insert(0, workflow.basedir)  # the ctrlbench package beside the Snakefile
+import os
+
+# The ctrlbench package beside the Snakefile, for this process and for every job's
+# script (jobs may run in a conda env or on another node without it installed).
+# Lint "PYTHONPATH used but not asserted with envvars": deliberate, PYTHONPATH is
+# optional here and extended, not required.
+sys.path.insert(0, workflow.basedir)
+os.environ["PYTHONPATH"] = os.pathsep.join(
+    p for p in (workflow.basedir, os.environ.get("PYTHONPATH")) if p)
 
 from snakemake.exceptions import WorkflowError
 
@@ -19,6 +27,7 @@ except ConfigError as error:
     raise WorkflowError(str(error)) from None
 
 RESULTS = CONFIG["results_dir"]
+CONDA_ENV = "../envs/ctrlbench.yaml"  # used with --sdm conda (clusters); relative to rules/
 N_SHARDS = CONFIG["n_shards"]
 SHARDS = [f"{i:03d}" for i in range(N_SHARDS)]
 # Every parameter set of every method, resolved once: {method: {paramset: params}}.
@@ -83,6 +92,19 @@ def method_runs():
         for dataset in entry["datasets"]:
             for paramset in PARAMSETS[method]:
                 yield dataset, method, paramset
+
+
+def method_prompts(wildcards):
+    prompt_set = CONFIG["methods"][wildcards.method]["prompts"]
+    return f"{RESULTS}/prompts/{wildcards.dataset}/{prompt_set}/shard-{wildcards.shard}.csv"
+
+
+def all_metric_shards(wildcards):
+    return [
+        f"{RESULTS}/metrics/{dataset}/{method}/{paramset}/clip_score/shard-{shard}.csv"
+        for dataset, method, paramset in method_runs()
+        for shard in SHARDS
+    ]
 
 
 def summary_table():

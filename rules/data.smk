@@ -12,6 +12,8 @@ rule toy_data:
             "image_size": CONFIG["toy"]["image_size"],
             **CONFIG["toy"][wc.fmt],
         },
+    conda:
+        CONDA_ENV
     log:
         f"{RESULTS}/logs/toy_data/{{fmt}}.log",
     script:
@@ -30,6 +32,8 @@ checkpoint items:
         max_items=lambda wc: CONFIG["datasets"][wc.dataset]["max_items"],
         n_shards=N_SHARDS,
         shard_dir=lambda wc: f"{RESULTS}/data/{wc.dataset}/shards",
+    conda:
+        CONDA_ENV
     log:
         f"{RESULTS}/logs/items/{{dataset}}.log",
     script:

@@ -13,6 +13,8 @@ rule clip_score:
         runtime={k: CONFIG[k] for k in ("results_dir", "device", "dtype", "hub_offline")},
     resources:
         gpu=1,
+    conda:
+        CONDA_ENV
     log:
         f"{RESULTS}/logs/clip_score/{{dataset}}/{{method}}/{{paramset}}/shard-{{shard}}.log",
     script:

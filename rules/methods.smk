@@ -3,11 +3,6 @@
 # the images, params.json and manifest.csv (written last).
 
 
-def method_prompts(wildcards):
-    prompt_set = CONFIG["methods"][wildcards.method]["prompts"]
-    return f"{RESULTS}/prompts/{wildcards.dataset}/{prompt_set}/shard-{wildcards.shard}.csv"
-
-
 rule generate_sd:
     input:
         prompts=method_prompts,
@@ -23,6 +18,8 @@ rule generate_sd:
         method=methods_of_kind("sd"),
     resources:
         gpu=1,
+    conda:
+        CONDA_ENV
     log:
         f"{RESULTS}/logs/generate/{{dataset}}/{{method}}/{{paramset}}/shard-{{shard}}.log",
     script:

@@ -9,6 +9,8 @@ rule tiny_model:
     params:
         kind=lambda wc: CONFIG["models"][wc.model]["kind"],
         seed=0,
+    conda:
+        CONDA_ENV
     log:
         f"{RESULTS}/logs/tiny_model/{{model}}.log",
     script:

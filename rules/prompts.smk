@@ -3,12 +3,14 @@
 
 rule template_prompts:
     input:
-        items=shard_items,
+        shard=shard_items,
     output:
         f"{RESULTS}/prompts/{{dataset}}/{{prompt_set}}/shard-{{shard}}.csv",
     params:
         prompt=lambda wc: CONFIG["prompts"][wc.prompt_set],
         domain=lambda wc: CONFIG["datasets"][wc.dataset]["domain"],
+    conda:
+        CONDA_ENV
     log:
         f"{RESULTS}/logs/prompts/{{dataset}}/{{prompt_set}}/shard-{{shard}}.log",
     script:

@@ -2,5 +2,5 @@ from ctrlbench.jobs import logged
 from ctrlbench.prompts.templates import template_prompts_for_shard
 
 with logged(snakemake.log[0]):
-    template_prompts_for_shard(snakemake.input.items, snakemake.output[0],
+    template_prompts_for_shard(snakemake.input.shard, snakemake.output[0],
                                snakemake.params.prompt, snakemake.params.domain)

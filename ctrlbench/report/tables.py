@@ -23,17 +23,19 @@ def bootstrap_ci(values: np.ndarray, n_resamples: int = 1000, seed: int = 0) -> 
     return float(low), float(high)
 
 
-def run_of(path: str | Path, results_dir: str | Path) -> dict[str, str]:
-    """dataset/method/paramset from results/metrics/<dataset>/<method>/<paramset>/<metric>/shard-N.csv."""
-    parts = Path(path).resolve().relative_to(Path(results_dir).resolve() / "metrics").parts
-    return {"dataset": parts[0], "method": parts[1], "paramset": parts[2]}
+def run_of(path: str | Path) -> dict[str, str]:
+    """dataset/method/paramset from .../metrics/<dataset>/<method>/<paramset>/<metric>/shard-N.csv."""
+    parts = Path(path).parts
+    if len(parts) < 6 or parts[-6] != "metrics":
+        raise ValueError(f"{path}: not a metrics/<dataset>/<method>/<paramset>/<metric>/<shard>.csv path")
+    return {"dataset": parts[-5], "method": parts[-4], "paramset": parts[-3]}
 
 
-def load_metric_files(files, results_dir) -> pd.DataFrame:
+def load_metric_files(files) -> pd.DataFrame:
     frames = []
     for path in files:
         frame = pd.read_csv(path, dtype={"item_id": str}, keep_default_na=False)
-        for key, value in run_of(path, results_dir).items():
+        for key, value in run_of(path).items():
             frame[key] = value
         frames.append(frame)
     return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
@@ -55,7 +57,7 @@ def summarize(per_image: pd.DataFrame) -> pd.DataFrame:
     return table.reindex(columns=SUMMARY_COLUMNS + extra)
 
 
-def summarize_metric_files(files, out_csv: str, results_dir: str) -> pd.DataFrame:
-    table = summarize(load_metric_files(files, results_dir))
+def summarize_metric_files(files, out_csv: str) -> pd.DataFrame:
+    table = summarize(load_metric_files(files))
     io.write_csv(out_csv, table)
     return table

@@ -1,0 +1,173 @@
+"""The demo DAG end to end on toy data and tiny models, in a temporary directory.
+
+One module-scoped run is shared by the tests below, which then check incremental
+behaviour: a no-op rerun, a changed sweep value, added dataset items, determinism.
+"""
+
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import yaml
+from PIL import Image
+
+from ctrlbench.shards import shard_of
+
+ROOT = Path(__file__).resolve().parent.parent
+SNAKEMAKE = Path(sys.executable).parent / "snakemake"
+
+pytestmark = pytest.mark.slow
+
+
+def snakemake(workdir, *args, check=True):
+    cmd = [str(SNAKEMAKE), "--snakefile", str(ROOT / "Snakefile"), "--directory", str(workdir),
+           "--cores", "2", *args]
+    result = subprocess.run(cmd, capture_output=True, text=True, timeout=900)
+    if check and result.returncode != 0:
+        raise AssertionError(f"snakemake failed ({result.returncode}):\n{result.stdout[-3000:]}\n{result.stderr[-6000:]}")
+    return result
+
+
+def write_config(workdir, config):
+    (workdir / "config.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
+
+
+def manifests(results):
+    return {p: p.stat().st_mtime_ns for p in sorted((results / "images").glob("*/*/*/shard-*/manifest.csv"))}
+
+
+@pytest.fixture(scope="module")
+def demo(tmp_path_factory):
+    workdir = tmp_path_factory.mktemp("demo")
+    config = yaml.safe_load((ROOT / "config.yaml").read_text())
+    config["n_shards"] = 4  # with 3 added items below, at least one shard stays untouched
+    write_config(workdir, config)
+    snakemake(workdir)
+    return workdir, config
+
+
+def test_demo_produces_summary_images_and_provenance(demo):
+    workdir, config = demo
+    results = workdir / "results"
+    summary = pd.read_csv(results / "tables" / "summary.csv")
+    n_items = config["toy"]["cub"]["n_classes"] * config["toy"]["cub"]["test_per_class"]
+    n_images = n_items * config["methods"]["sd"]["params"]["images_per_prompt"]
+    assert sorted(summary["paramset"]) == ["guidance_scale=5.0", "guidance_scale=7.5"]
+    assert (summary["n"] == n_images).all()
+    assert summary["metric"].eq("clip_score").all() and summary["scale"].eq("cos01").all()
+    assert summary["mean"].between(0, 100).all()
+    assert (summary["ci95_low"] <= summary["mean"]).all() and (summary["mean"] <= summary["ci95_high"]).all()
+    assert sorted(summary["guidance_scale"]) == [5.0, 7.5]
+
+    shard_dirs = sorted((results / "images" / "cub" / "sd" / "guidance_scale=5.0").glob("shard-*"))
+    assert [d.name for d in shard_dirs] == [f"shard-{i:03d}" for i in range(4)]
+    frames = [pd.read_csv(d / "manifest.csv", dtype={"item_id": str}) for d in shard_dirs]
+    all_rows = pd.concat(frames)
+    assert len(all_rows) == n_images
+    for shard_dir, frame in zip(shard_dirs, frames):
+        shard = int(shard_dir.name.split("-")[1])
+        assert all(shard_of(i, 4) == shard for i in frame["item_id"])
+        for name in frame["image"]:
+            with Image.open(shard_dir / name) as image:
+                assert image.size == (64, 64)
+        record = yaml.safe_load((shard_dir / "params.json").read_text())
+        assert record["params"]["guidance_scale"] == 5.0 and record["params"]["seed"] == 42
+        assert record["packages"]["torch"].startswith("2.14.1")
+        assert record["model"]["sd"]["source"] == "tiny"
+    prompts = pd.concat(pd.read_csv(p) for p in (results / "prompts" / "cub" / "template").glob("*.csv"))
+    assert prompts["prompt"].str.startswith("a photo of ").all()
+    assert prompts["prompt"].str.contains("a bird of this species with ").all()
+
+
+def test_second_run_does_nothing(demo):
+    workdir, _ = demo
+    result = snakemake(workdir, "--dry-run")
+    assert "Nothing to be done" in result.stdout + result.stderr
+
+
+def test_changing_one_swept_value_reruns_only_that_parameter_set(demo):
+    workdir, config = demo
+    results = workdir / "results"
+    before = manifests(results)
+    config["methods"]["sd"]["sweep"]["guidance_scale"] = [5.0, 9.0]
+    write_config(workdir, config)
+    snakemake(workdir)
+    after = manifests(results)
+    kept = {p: t for p, t in before.items() if "guidance_scale=5.0" in str(p)}
+    assert kept and all(after[p] == t for p, t in kept.items())  # untouched
+    new = [p for p in after if "guidance_scale=9.0" in str(p)]
+    assert len(new) == 4
+    summary = pd.read_csv(results / "tables" / "summary.csv")
+    assert sorted(summary["paramset"]) == ["guidance_scale=5.0", "guidance_scale=9.0"]
+
+
+def test_adding_items_reruns_only_affected_shards(demo):
+    workdir, config = demo
+    results = workdir / "results"
+    old_items = set(pd.read_csv(results / "data" / "cub" / "items.csv", dtype={"item_id": str})["item_id"])
+    before = manifests(results)
+    config["toy"]["cub"]["test_per_class"] += 1
+    write_config(workdir, config)
+    snakemake(workdir)
+    items = set(pd.read_csv(results / "data" / "cub" / "items.csv", dtype={"item_id": str})["item_id"])
+    added = items - old_items
+    assert len(added) == config["toy"]["cub"]["n_classes"] and old_items < items
+    affected = {shard_of(i, 4) for i in added}
+    assert len(affected) < 4
+    after = manifests(results)
+    current = [f"guidance_scale={g}" for g in config["methods"]["sd"]["sweep"]["guidance_scale"]]
+    checked = 0
+    for path, mtime in before.items():
+        if path.parent.parent.name not in current:
+            continue  # a parameter set no longer in the sweep is left alone
+        checked += 1
+        shard = int(path.parent.name.split("-")[1])
+        assert (after[path] != mtime) == (shard in affected), path
+    assert checked == 8
+
+
+def test_same_config_and_seed_give_identical_images(demo):
+    workdir, _ = demo
+    shard_dir = next(p for p in sorted((workdir / "results/images/cub/sd/guidance_scale=5.0").glob("shard-*"))
+                     if len(pd.read_csv(p / "manifest.csv")))
+    before = {p.name: p.read_bytes() for p in shard_dir.glob("*.png")}
+    shutil.rmtree(shard_dir)
+    snakemake(workdir)
+    after = {p.name: p.read_bytes() for p in shard_dir.glob("*.png")}
+    assert before and before == after
+
+
+def test_bad_config_fails_at_load_naming_the_key(tmp_path):
+    config = yaml.safe_load((ROOT / "config.yaml").read_text())
+    config["methods"]["sd"]["params"]["guidance"] = 3.0
+    write_config(tmp_path, config)
+    result = snakemake(tmp_path, "--dry-run", check=False)
+    assert result.returncode != 0
+    assert "methods.sd.params: unknown parameter(s) guidance" in result.stdout + result.stderr
+    assert not (tmp_path / "results").exists()
+
+
+def job_counts(dry_run_output: str) -> dict[str, int]:
+    lines = dry_run_output.split("Job stats:")[1].splitlines()[3:]
+    counts = {}
+    for line in lines:
+        parts = line.split()
+        if len(parts) != 2 or not parts[1].isdigit():
+            break
+        counts[parts[0]] = int(parts[1])
+    return counts
+
+
+def test_configfile_replaces_the_demo_config(tmp_path):
+    """--configfile must not be deep-merged with config.yaml (no demo sweep, no tiny models)."""
+    result = snakemake(tmp_path, "--dry-run", "--configfile", str(ROOT / "configs" / "sd-cub.yaml"))
+    counts = job_counts(result.stdout)
+    assert "tiny_model" not in counts and "toy_data" not in counts
+    assert counts["generate_sd"] == 24  # 24 shards x 1 parameter set
+    shutil.copy(ROOT / "config.yaml", tmp_path / "config.yaml")
+    result = snakemake(tmp_path, "--dry-run", "--config", "n_shards=3")
+    counts = job_counts(result.stdout)
+    assert counts["generate_sd"] == 6 and counts["tiny_model"] == 2  # demo config + override
