@@ -19,9 +19,16 @@ def job_config(runtime: dict, models: dict) -> dict:
 
 
 @contextlib.contextmanager
-def logged(log_path: str | None):
+def logged(log_path: str | None, threads: int | None = None):
     """Send logging, stdout and stderr of the job to its log file, and report
-    ctrlbench errors as one clear line there and on the console."""
+    ctrlbench errors as one clear line there and on the console.
+
+    `threads` (the rule's) also fixes torch's thread count: CPU results differ in the
+    last bits between thread counts, and byte-identical reruns need the same count."""
+    if threads:
+        import torch
+
+        torch.set_num_threads(int(threads))
     if not log_path:
         yield
         return

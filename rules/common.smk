@@ -66,11 +66,22 @@ def dataset_inputs(wildcards):
     return dataset_index_files(entry["format"], entry["root"])
 
 
+def after_items(dataset):
+    """Defer the calling job until the dataset's `items` checkpoint is done.
+
+    Every input function of a per-shard job calls this, not only the first step's:
+    Snakemake then re-evaluates the whole per-shard chain once the checkpoint has run.
+    Without it, a job planned before the checkpoint ran (when every shard looked
+    changed) keeps its "input updated by another job" reason even when its shard
+    turned out unchanged."""
+    checkpoints.items.get(dataset=dataset)
+
+
 def shard_items(wildcards):
     """The items of one shard. The shard files are written by the `items` checkpoint and
     rewritten only when their content changes: they are deliberately not declared as
     its outputs, so unchanged shards keep their mtime and their jobs do not rerun."""
-    checkpoints.items.get(dataset=wildcards.dataset)
+    after_items(wildcards.dataset)
     return f"{RESULTS}/data/{wildcards.dataset}/shards/shard-{wildcards.shard}.csv"
 
 
@@ -80,6 +91,11 @@ def method_model_inputs(wildcards):
 
 def paramset_params(wildcards):
     return PARAMSETS[wildcards.method][wildcards.paramset]
+
+
+def shard_images(wildcards):
+    after_items(wildcards.dataset)
+    return images_dir(wildcards.dataset, wildcards.method, wildcards.paramset, wildcards.shard)
 
 
 def images_dir(dataset, method, paramset, shard):
@@ -95,11 +111,14 @@ def method_runs():
 
 
 def method_prompts(wildcards):
+    after_items(wildcards.dataset)
     prompt_set = CONFIG["methods"][wildcards.method]["prompts"]
     return f"{RESULTS}/prompts/{wildcards.dataset}/{prompt_set}/shard-{wildcards.shard}.csv"
 
 
 def all_metric_shards(wildcards):
+    for dataset in sorted({dataset for dataset, _, _ in method_runs()}):
+        after_items(dataset)
     return [
         f"{RESULTS}/metrics/{dataset}/{method}/{paramset}/clip_score/shard-{shard}.csv"
         for dataset, method, paramset in method_runs()

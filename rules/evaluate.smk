@@ -3,7 +3,7 @@
 
 rule clip_score:
     input:
-        images=lambda wc: images_dir(wc.dataset, wc.method, wc.paramset, wc.shard),
+        images=shard_images,
         model=lambda wc: model_inputs(CONFIG, CONFIG["evaluation"]["clip_score"]["model"]),
     output:
         f"{RESULTS}/metrics/{{dataset}}/{{method}}/{{paramset}}/clip_score/shard-{{shard}}.csv",

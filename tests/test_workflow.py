@@ -135,7 +135,7 @@ def test_same_config_and_seed_give_identical_images(demo):
                      if len(pd.read_csv(p / "manifest.csv")))
     before = {p.name: p.read_bytes() for p in shard_dir.glob("*.png")}
     shutil.rmtree(shard_dir)
-    snakemake(workdir)
+    snakemake(workdir, str(shard_dir.relative_to(workdir)))  # a deleted intermediate is rebuilt on request
     after = {p.name: p.read_bytes() for p in shard_dir.glob("*.png")}
     assert before and before == after
 
@@ -163,11 +163,15 @@ def job_counts(dry_run_output: str) -> dict[str, int]:
 
 def test_configfile_replaces_the_demo_config(tmp_path):
     """--configfile must not be deep-merged with config.yaml (no demo sweep, no tiny models)."""
-    result = snakemake(tmp_path, "--dry-run", "--configfile", str(ROOT / "configs" / "sd-cub.yaml"))
-    counts = job_counts(result.stdout)
-    assert "tiny_model" not in counts and "toy_data" not in counts
-    assert counts["generate_sd"] == 24  # 24 shards x 1 parameter set
+    real = str(ROOT / "configs" / "sd-cub.yaml")
+    counts = job_counts(snakemake(tmp_path, "--dry-run", "--configfile", real).stdout)
+    assert counts == {"items": 1, "summary": 1, "all": 1, "total": 3}  # no tiny_model, no toy_data
+    # The real config has no sweep: only the `default` parameter set exists.
+    shard = "results-sd-cub/images/cub/sd/{}/shard-000"
+    assert snakemake(tmp_path, shard.format("default"), "--dry-run", "--configfile", real).returncode == 0
+    merged = snakemake(tmp_path, shard.format("guidance_scale=5.0"), "--dry-run", "--configfile", real,
+                       check=False)
+    assert merged.returncode != 0
     shutil.copy(ROOT / "config.yaml", tmp_path / "config.yaml")
-    result = snakemake(tmp_path, "--dry-run", "--config", "n_shards=3")
-    counts = job_counts(result.stdout)
-    assert counts["generate_sd"] == 6 and counts["tiny_model"] == 2  # demo config + override
+    counts = job_counts(snakemake(tmp_path, "--dry-run", "--config", "n_shards=3").stdout)
+    assert counts["toy_data"] == 1  # the demo config was loaded, with the override on top

@@ -85,6 +85,6 @@ def run_shard(config: dict, model_key: str, prompts_csv: str, out_dir: str, para
             manifest = pd.DataFrame(columns=MANIFEST_COLUMNS)
         io.write_json(tmp / "params.json", io.provenance(
             method="sd", params=params, model={model_key: config["models"][model_key]},
-            device=device, dtype=str(dtype), n_items=len(prompts)))
+            device=device, dtype=str(dtype), torch_threads=torch.get_num_threads(), n_items=len(prompts)))
         io.write_csv(tmp / "manifest.csv", manifest)
     return manifest
