@@ -16,6 +16,36 @@ SD_DEFAULTS = {
     "negative_prompt": "",
 }
 
+CONTROLNET_DEFAULTS = {
+    # mmm2025 regeneration: ControlNet canny on SD v1.5, DDIM 20 steps, guidance 9.0.
+    "num_inference_steps": 20,
+    "guidance_scale": 9.0,
+    "controlnet_conditioning_scale": 1.0,
+    "eta": 0.0,
+    "seed": 42,
+    "low_threshold": 100,
+    "high_threshold": 200,
+    "long_side": 512,            # control image resized so its long side is ~this, multiple of 64
+    "samples_per_input": 10,
+    "base_samples": 1,           # regenerate the first N base images of each item
+    "batch_size": 8,
+    "prompt_template": "a photo of {class}, {prompt}, best quality, extremely detailed",
+    "negative_prompt": "lowres, bad anatomy, extra digit, fewer digits, worst quality, low quality",
+}
+
+RETRIEVAL_DEFAULTS = {
+    # mmm2025 real base images: the best train-split ("gallery") image for each query.
+    "strategy": "text",          # attribute (CUB's 312 attributes) | text (prompt vs captions)
+}
+
+SELECT_DEFAULTS = {
+    # mmm2025 "AS": the candidate base image with the highest CLIP text-image score.
+    "batch_size": 32,
+}
+
 METHOD_DEFAULTS = {
     "sd": SD_DEFAULTS,
+    "controlnet": CONTROLNET_DEFAULTS,
+    "retrieval": RETRIEVAL_DEFAULTS,
+    "select": SELECT_DEFAULTS,
 }

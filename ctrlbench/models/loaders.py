@@ -189,6 +189,8 @@ _WHAT = {
     "deeplabv3": "torchvision DeepLabV3 weights file (e.g. deeplabv3_resnet50_coco-cd0a2569.pth)",
     "aesthetic": f"LAION aesthetic predictor .pth from {AESTHETIC_URL}",
     "fid_inception": f"torch-fidelity Inception weights from {INCEPTION_URL}",
+    "causal_lm": "transformers causal LM folder (config.json, weights, tokenizer)",
+    "text_embedder": "sentence-transformers model folder (modules.json)",
 }
 
 
@@ -436,6 +438,18 @@ def _inception(path: Path) -> nn.Module:
     return model
 
 
+def _load_causal_lm(where, device, dtype):
+    from .llm import load_causal_lm  # transformers causal LM for local LLM prompts
+
+    return load_causal_lm(where, device, dtype)
+
+
+def _load_text_embedder(where, device, dtype):
+    from .text_embedder import load_text_embedder  # sentence-transformers for retrieval
+
+    return load_text_embedder(where, device, dtype)
+
+
 _LOADERS: dict[str, Callable[[_Where, str, Any], Any]] = {
     "sd": _load_sd,
     "controlnet": _load_controlnet,
@@ -444,6 +458,8 @@ _LOADERS: dict[str, Callable[[_Where, str, Any], Any]] = {
     "deeplabv3": _load_deeplab,
     "aesthetic": _load_aesthetic,
     "fid_inception": _load_fid,
+    "causal_lm": _load_causal_lm,
+    "text_embedder": _load_text_embedder,
 }
 
 

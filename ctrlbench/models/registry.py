@@ -12,7 +12,8 @@ from pathlib import Path
 from ..errors import ConfigError
 
 TINY = "tiny"
-MODEL_KINDS = ("sd", "controlnet", "sd_inpaint", "open_clip", "deeplabv3", "aesthetic", "fid_inception")
+MODEL_KINDS = ("sd", "controlnet", "sd_inpaint", "open_clip", "deeplabv3", "aesthetic", "fid_inception",
+               "causal_lm", "text_embedder")
 
 
 def model_entry(config: dict, key: str) -> dict:

@@ -165,6 +165,18 @@ def _build_fid(out: Path) -> None:
                                          "image_size": FID_IMAGE_SIZE})
 
 
+def _build_causal_lm(out: Path) -> None:
+    from .llm import build_tiny_causal_lm
+
+    build_tiny_causal_lm(out)
+
+
+def _build_text_embedder(out: Path) -> None:
+    from .text_embedder import build_tiny_text_embedder
+
+    build_tiny_text_embedder(out)
+
+
 _BUILDERS = {
     "sd": _build_sd,
     "controlnet": _build_controlnet,
@@ -173,6 +185,8 @@ _BUILDERS = {
     "deeplabv3": _build_deeplab,
     "aesthetic": _build_aesthetic,
     "fid_inception": _build_fid,
+    "causal_lm": _build_causal_lm,
+    "text_embedder": _build_text_embedder,
 }
 
 
