@@ -20,6 +20,7 @@ include: "rules/common.smk"
 include: "rules/models.smk"
 include: "rules/data.smk"
 include: "rules/prompts.smk"
+include: "rules/bases.smk"
 include: "rules/methods.smk"
 include: "rules/evaluate.smk"
 include: "rules/report.smk"
@@ -28,6 +29,7 @@ include: "rules/report.smk"
 rule all:
     input:
         summary_table(),
+        paper_table() if CONFIG.get("report", {}).get("paper_rows") else [],
     default_target: True
     localrule: True
 

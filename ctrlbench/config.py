@@ -98,15 +98,70 @@ def load(path: str | Path) -> dict:
     return validate(config)
 
 
-def check_references(config: dict) -> None:
+# Which model kinds each method kind (and each model-using setting) accepts.
+METHOD_MODEL_KINDS = {
+    "sd": ("sd",),
+    "controlnet": ("sd",),
+    "retrieval": ("text_embedder", "open_clip"),
+    "select": ("open_clip",),
+}
+
+
+def _check_model(config: dict, key: str, where: str, kinds: tuple[str, ...]) -> None:
     models = config.get("models", {})
+    if key not in models:
+        raise ConfigError(f"{where}: unknown model '{key}' (models: {', '.join(sorted(models)) or 'none'})")
+    if models[key]["kind"] not in kinds:
+        raise ConfigError(f"{where}: model '{key}' is of kind {models[key]['kind']}, "
+                          f"expected {' or '.join(kinds)}")
+
+
+def resolve_ref(config: dict, ref: str, where: str) -> tuple[str, str]:
+    """'method' or 'method/paramset' -> (method, paramset), checked against the config."""
+    method, _, paramset = ref.partition("/")
+    if method not in config.get("methods", {}):
+        raise ConfigError(f"{where}: unknown method '{method}' "
+                          f"(methods: {', '.join(sorted(config.get('methods', {})))})")
+    sets = method_paramsets(config, method)
+    if not paramset:
+        if len(sets) > 1:
+            raise ConfigError(f"{where}: method '{method}' has several parameter sets "
+                              f"({', '.join(sets)}); name one as '{method}/<paramset>'")
+        paramset = next(iter(sets))
+    elif paramset not in sets:
+        raise ConfigError(f"{where}: method '{method}' has no parameter set '{paramset}' "
+                          f"(it has: {', '.join(sets)})")
+    return method, paramset
+
+
+def method_inputs(config: dict, name: str) -> list[tuple[str, str]]:
+    """The (method, paramset) runs whose images this method consumes, in config order."""
+    method = config["methods"][name]
+    refs = [method["base"]] if method["kind"] == "controlnet" else method.get("candidates", [])
+    return [resolve_ref(config, ref, f"methods.{name}") for ref in refs]
+
+
+def check_references(config: dict) -> None:
     datasets = config.get("datasets", {})
     prompts = config.get("prompts", {})
-    for name, method in config.get("methods", {}).items():
+    for name, entry in prompts.items():
+        if entry["kind"] == "template" and "template" not in entry:
+            raise ConfigError(f"prompts.{name}: a template prompt set needs 'template'")
+        if entry["kind"] == "llm":
+            backend = entry.get("backend")
+            if backend == "local":
+                _check_model(config, entry.get("model", ""), f"prompts.{name}.model", ("causal_lm",))
+            elif backend == "openai":
+                for key in ("base_url", "endpoint_model"):
+                    if key not in entry:
+                        raise ConfigError(f"prompts.{name}: the openai backend needs '{key}'")
+            else:
+                raise ConfigError(f"prompts.{name}.backend: choose 'openai' or 'local'")
+    methods = config.get("methods", {})
+    for name, method in methods.items():
         where = f"methods.{name}"
-        if method["model"] not in models:
-            raise ConfigError(f"{where}.model: unknown model '{method['model']}' "
-                              f"(models: {', '.join(sorted(models)) or 'none'})")
+        kind = method["kind"]
+        _check_model(config, method["model"], f"{where}.model", METHOD_MODEL_KINDS[kind])
         for dataset in method["datasets"]:
             if dataset not in datasets:
                 raise ConfigError(f"{where}.datasets: unknown dataset '{dataset}' "
@@ -115,10 +170,54 @@ def check_references(config: dict) -> None:
             raise ConfigError(f"{where}.prompts: unknown prompt set '{method['prompts']}' "
                               f"(prompts: {', '.join(sorted(prompts)) or 'none'})")
         method_paramsets(config, name)  # checks parameter names and sweep values
-    for metric, entry in config.get("evaluation", {}).items():
-        if "model" in entry and entry["model"] not in models:
-            raise ConfigError(f"evaluation.{metric}.model: unknown model '{entry['model']}' "
-                              f"(models: {', '.join(sorted(models)) or 'none'})")
+        if kind == "controlnet":
+            for key in ("controlnet", "base"):
+                if key not in method:
+                    raise ConfigError(f"{where}: a controlnet method needs '{key}'")
+            _check_model(config, method["controlnet"], f"{where}.controlnet", ("controlnet",))
+        if kind == "select" and not method.get("candidates"):
+            raise ConfigError(f"{where}: a select method needs 'candidates'")
+        for key in ("base", "candidates"):
+            if key in method and kind not in ({"base": "controlnet", "candidates": "select"}[key],):
+                raise ConfigError(f"{where}.{key}: only a {'controlnet' if key == 'base' else 'select'} "
+                                  f"method takes '{key}'")
+        for source, _ in method_inputs(config, name):
+            if source == name:
+                raise ConfigError(f"{where}: a method cannot consume its own images")
+            missing = sorted(set(method["datasets"]) - set(methods[source]["datasets"]))
+            if missing:
+                raise ConfigError(f"{where}: its input method '{source}' does not run on "
+                                  f"dataset(s) {', '.join(missing)}")
+        if kind == "retrieval" and method_params(config, name)["strategy"] == "attribute":
+            for dataset in method["datasets"]:
+                if datasets[dataset]["format"] != "cub":
+                    raise ConfigError(f"{where}: attribute retrieval needs CUB attributes; "
+                                      f"dataset '{dataset}' is {datasets[dataset]['format']}")
+    _check_no_cycles(config)
+    clip = config.get("evaluation", {}).get("clip")
+    if clip:
+        _check_model(config, clip["model"], "evaluation.clip.model", ("open_clip",))
+        if clip["prompts"] not in prompts:
+            raise ConfigError(f"evaluation.clip.prompts: unknown prompt set '{clip['prompts']}'")
+    for row, ref in (config.get("report", {}).get("paper_rows") or {}).items():
+        resolve_ref(config, ref, f"report.paper_rows.{row}")
+
+
+def _check_no_cycles(config: dict) -> None:
+    state: dict[str, str] = {}
+
+    def visit(name: str, path: list[str]) -> None:
+        if state.get(name) == "done":
+            return
+        if state.get(name) == "active":
+            raise ConfigError(f"methods: input cycle {' -> '.join(path + [name])}")
+        state[name] = "active"
+        for source, _ in method_inputs(config, name):
+            visit(source, path + [name])
+        state[name] = "done"
+
+    for name in config.get("methods", {}):
+        visit(name, [])
 
 
 def _cast(value, default, where: str):
@@ -136,6 +235,8 @@ def method_params(config: dict, name: str) -> dict[str, Any]:
     method = config["methods"][name]
     defaults = METHOD_DEFAULTS[method["kind"]]
     params = method.get("params") or {}
+    if not isinstance(params, dict):
+        raise ConfigError(f"methods.{name}.params: expected a mapping, got {params!r}")
     unknown = sorted(set(params) - set(defaults))
     if unknown:
         raise ConfigError(f"methods.{name}.params: unknown parameter(s) {', '.join(unknown)} "

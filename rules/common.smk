@@ -44,12 +44,6 @@ wildcard_constraints:
     shard=r"\d{3}",
 
 
-def methods_of_kind(kind):
-    """Regex matching the configured methods of one kind (for wildcard_constraints)."""
-    names = [name for name, method in CONFIG["methods"].items() if method["kind"] == kind]
-    return "|".join(names) if names else "(?!)"
-
-
 def dataset_root(dataset):
     entry = CONFIG["datasets"][dataset]
     if entry["root"] == "toy":
@@ -85,8 +79,60 @@ def shard_items(wildcards):
     return f"{RESULTS}/data/{wildcards.dataset}/shards/shard-{wildcards.shard}.csv"
 
 
+def kinds_regex(section, kind):
+    """Regex matching the names of config[section] entries of one kind (wildcard_constraints)."""
+    names = [name for name, entry in CONFIG.get(section, {}).items() if entry["kind"] == kind]
+    return "|".join(names) if names else "(?!)"
+
+
 def method_model_inputs(wildcards):
-    return model_inputs(CONFIG, CONFIG["methods"][wildcards.method]["model"])
+    method = CONFIG["methods"][wildcards.method]
+    return model_inputs(CONFIG, *[method[k] for k in ("model", "controlnet") if k in method])
+
+
+def method_models(wildcards):
+    """The model entries a method's job loads (so the params trigger sees them)."""
+    method = CONFIG["methods"][wildcards.method]
+    return {method[k]: CONFIG["models"][method[k]] for k in ("model", "controlnet") if k in method}
+
+
+def method_input_dirs(wildcards):
+    """{method: images folder of this shard} for the runs a method consumes (base/candidates)."""
+    after_items(wildcards.dataset)
+    return {
+        source: images_dir(wildcards.dataset, source, paramset, wildcards.shard)
+        for source, paramset in cb_config.method_inputs(CONFIG, wildcards.method)
+    }
+
+
+def method_input_embeddings(wildcards):
+    """{method: CLIP image-embedding cache} of the runs a select method compares."""
+    model = CONFIG["methods"][wildcards.method]["model"]
+    return {
+        source: clip_images_cache(model, wildcards.dataset, source, paramset, wildcards.shard)
+        for source, paramset in cb_config.method_inputs(CONFIG, wildcards.method)
+    }
+
+
+def clip_images_cache(model, dataset, method, paramset, shard):
+    return f"{RESULTS}/cache/clip/{model}/{dataset}/images/{method}/{paramset}/shard-{shard}.npz"
+
+
+def clip_real_cache(model, dataset, shard):
+    return f"{RESULTS}/cache/clip/{model}/{dataset}/real/shard-{shard}.npz"
+
+
+def clip_prompts_cache(model, dataset, prompt_set, shard):
+    return f"{RESULTS}/cache/clip/{model}/{dataset}/prompts/{prompt_set}/shard-{shard}.npz"
+
+
+def prompts_shard(dataset, prompt_set, shard):
+    return f"{RESULTS}/prompts/{dataset}/{prompt_set}/shard-{shard}.csv"
+
+
+def runtime():
+    """The runtime settings every model-loading job receives."""
+    return {k: CONFIG[k] for k in ("results_dir", "device", "dtype", "hub_offline")}
 
 
 def paramset_params(wildcards):
@@ -112,15 +158,14 @@ def method_runs():
 
 def method_prompts(wildcards):
     after_items(wildcards.dataset)
-    prompt_set = CONFIG["methods"][wildcards.method]["prompts"]
-    return f"{RESULTS}/prompts/{wildcards.dataset}/{prompt_set}/shard-{wildcards.shard}.csv"
+    return prompts_shard(wildcards.dataset, CONFIG["methods"][wildcards.method]["prompts"], wildcards.shard)
 
 
 def all_metric_shards(wildcards):
     for dataset in sorted({dataset for dataset, _, _ in method_runs()}):
         after_items(dataset)
     return [
-        f"{RESULTS}/metrics/{dataset}/{method}/{paramset}/clip_score/shard-{shard}.csv"
+        f"{RESULTS}/metrics/{dataset}/{method}/{paramset}/clip/shard-{shard}.csv"
         for dataset, method, paramset in method_runs()
         for shard in SHARDS
     ]
@@ -130,9 +175,16 @@ def summary_table():
     return f"{RESULTS}/tables/summary.csv"
 
 
+def paper_table():
+    return f"{RESULTS}/tables/paper_mmm2025.csv"
+
+
 def print_results_location():
     table = Path(summary_table())
     if table.exists():
         print(f"\nctrlbench: done. Summary table: {table.resolve()}")
-        print(f"Images: {Path(RESULTS, 'images').resolve()}; metrics: {Path(RESULTS, 'metrics').resolve()}\n")
+        print(f"Images: {Path(RESULTS, 'images').resolve()}; metrics: {Path(RESULTS, 'metrics').resolve()}")
+        if CONFIG.get("report", {}).get("paper_rows") and Path(paper_table()).exists():
+            print(f"Paper comparison: {Path(paper_table()).resolve()}")
+        print()
         print(table.read_text())

@@ -38,3 +38,21 @@ checkpoint items:
         f"{RESULTS}/logs/items/{{dataset}}.log",
     script:
         "../scripts/prepare_items.py"
+
+
+# The retrieval gallery of a dataset (mmm2025: the train split), one table per dataset.
+rule gallery_items:
+    input:
+        dataset_inputs,
+    output:
+        f"{RESULTS}/data/{{dataset}}/gallery.csv",
+    params:
+        fmt=lambda wc: CONFIG["datasets"][wc.dataset]["format"],
+        root=lambda wc: dataset_root(wc.dataset),
+        split=lambda wc: CONFIG["datasets"][wc.dataset]["gallery_split"],
+    conda:
+        CONDA_ENV
+    log:
+        f"{RESULTS}/logs/gallery/{{dataset}}.log",
+    script:
+        "../scripts/gallery_items.py"

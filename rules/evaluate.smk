@@ -1,21 +1,98 @@
-# Per-image metrics, one CSV per shard; aggregated by rules/report.smk.
+# CLIP embedding caches (each image and prompt encoded once, shared by base selection
+# and every CLIP metric) and per-image metrics, one CSV per shard.
+
+CLIP_EVAL = CONFIG["evaluation"]["clip"]
 
 
-rule clip_score:
+def prompt_set_shard(wildcards):
+    after_items(wildcards.dataset)
+    return prompts_shard(wildcards.dataset, wildcards.prompt_set, wildcards.shard)
+
+
+def clip_similarity_inputs(wildcards):
+    after_items(wildcards.dataset)
+    model, dataset, shard = CLIP_EVAL["model"], wildcards.dataset, wildcards.shard
+    return {
+        "images": clip_images_cache(model, dataset, wildcards.method, wildcards.paramset, shard),
+        "real": clip_real_cache(model, dataset, shard),
+        "text": clip_prompts_cache(model, dataset, CLIP_EVAL["prompts"], shard),
+    }
+
+
+rule clip_image_embeddings:
     input:
-        images=shard_images,
-        model=lambda wc: model_inputs(CONFIG, CONFIG["evaluation"]["clip_score"]["model"]),
+        source=shard_images,
+        model=lambda wc: model_inputs(CONFIG, wc.model),
     output:
-        f"{RESULTS}/metrics/{{dataset}}/{{method}}/{{paramset}}/clip_score/shard-{{shard}}.csv",
+        clip_images_cache("{model}", "{dataset}", "{method}", "{paramset}", "{shard}"),
     params:
-        metric=CONFIG["evaluation"].get("clip_score", {}),
-        models={k: CONFIG["models"][k] for k in [CONFIG["evaluation"]["clip_score"]["model"]]},
-        runtime={k: CONFIG[k] for k in ("results_dir", "device", "dtype", "hub_offline")},
+        what="images",
+        models=lambda wc: {wc.model: CONFIG["models"][wc.model]},
+        runtime=runtime(),
+        batch_size=CLIP_EVAL["batch_size"],
     resources:
         gpu=1,
     conda:
         CONDA_ENV
     log:
-        f"{RESULTS}/logs/clip_score/{{dataset}}/{{method}}/{{paramset}}/shard-{{shard}}.log",
+        f"{RESULTS}/logs/clip_embeddings/{{model}}/{{dataset}}/images/{{method}}/{{paramset}}/shard-{{shard}}.log",
     script:
-        "../scripts/clip_score.py"
+        "../scripts/clip_embeddings.py"
+
+
+rule clip_real_embeddings:
+    input:
+        source=shard_items,
+        model=lambda wc: model_inputs(CONFIG, wc.model),
+    output:
+        clip_real_cache("{model}", "{dataset}", "{shard}"),
+    params:
+        what="real",
+        models=lambda wc: {wc.model: CONFIG["models"][wc.model]},
+        runtime=runtime(),
+        batch_size=CLIP_EVAL["batch_size"],
+    resources:
+        gpu=1,
+    conda:
+        CONDA_ENV
+    log:
+        f"{RESULTS}/logs/clip_embeddings/{{model}}/{{dataset}}/real/shard-{{shard}}.log",
+    script:
+        "../scripts/clip_embeddings.py"
+
+
+rule clip_prompt_embeddings:
+    input:
+        source=prompt_set_shard,
+        model=lambda wc: model_inputs(CONFIG, wc.model),
+    output:
+        clip_prompts_cache("{model}", "{dataset}", "{prompt_set}", "{shard}"),
+    params:
+        what="prompts",
+        models=lambda wc: {wc.model: CONFIG["models"][wc.model]},
+        runtime=runtime(),
+        batch_size=CLIP_EVAL["batch_size"],
+    resources:
+        gpu=1,
+    conda:
+        CONDA_ENV
+    log:
+        f"{RESULTS}/logs/clip_embeddings/{{model}}/{{dataset}}/prompts/{{prompt_set}}/shard-{{shard}}.log",
+    script:
+        "../scripts/clip_embeddings.py"
+
+
+rule clip_similarity:
+    input:
+        unpack(clip_similarity_inputs),
+    output:
+        f"{RESULTS}/metrics/{{dataset}}/{{method}}/{{paramset}}/clip/shard-{{shard}}.csv",
+    params:
+        scale=CLIP_EVAL["scale"],
+        model_key=CLIP_EVAL["model"],
+    conda:
+        CONDA_ENV
+    log:
+        f"{RESULTS}/logs/clip_similarity/{{dataset}}/{{method}}/{{paramset}}/shard-{{shard}}.log",
+    script:
+        "../scripts/clip_similarity.py"

@@ -1,5 +1,5 @@
 # Generation by each method: one job per (dataset, method, parameter set, shard) that
-# loads its model once and batches the whole shard. Outputs are shard folders holding
+# loads its models once and batches the whole shard. Outputs are shard folders holding
 # the images, params.json and manifest.csv (written last).
 
 
@@ -12,10 +12,10 @@ rule generate_sd:
     params:
         params=paramset_params,
         model_key=lambda wc: CONFIG["methods"][wc.method]["model"],
-        models=lambda wc: {k: CONFIG["models"][k] for k in [CONFIG["methods"][wc.method]["model"]]},
-        runtime=lambda wc: {k: CONFIG[k] for k in ("results_dir", "device", "dtype", "hub_offline")},
+        models=method_models,
+        runtime=runtime(),
     wildcard_constraints:
-        method=methods_of_kind("sd"),
+        method=kinds_regex("methods", "sd"),
     resources:
         gpu=1,
     conda:
@@ -24,3 +24,28 @@ rule generate_sd:
         f"{RESULTS}/logs/generate/{{dataset}}/{{method}}/{{paramset}}/shard-{{shard}}.log",
     script:
         "../scripts/generate_sd.py"
+
+
+rule regenerate_controlnet:
+    input:
+        base=lambda wc: next(iter(method_input_dirs(wc).values())),
+        prompts=method_prompts,
+        model=method_model_inputs,
+    output:
+        directory(images_dir("{dataset}", "{method}", "{paramset}", "{shard}")),
+    params:
+        params=paramset_params,
+        sd_key=lambda wc: CONFIG["methods"][wc.method]["model"],
+        controlnet_key=lambda wc: CONFIG["methods"][wc.method]["controlnet"],
+        models=method_models,
+        runtime=runtime(),
+    wildcard_constraints:
+        method=kinds_regex("methods", "controlnet"),
+    resources:
+        gpu=1,
+    conda:
+        CONDA_ENV
+    log:
+        f"{RESULTS}/logs/generate/{{dataset}}/{{method}}/{{paramset}}/shard-{{shard}}.log",
+    script:
+        "../scripts/regenerate_controlnet.py"

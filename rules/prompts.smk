@@ -5,13 +5,42 @@ rule template_prompts:
     input:
         shard=shard_items,
     output:
-        f"{RESULTS}/prompts/{{dataset}}/{{prompt_set}}/shard-{{shard}}.csv",
+        prompts_shard("{dataset}", "{prompt_set}", "{shard}"),
     params:
         prompt=lambda wc: CONFIG["prompts"][wc.prompt_set],
         domain=lambda wc: CONFIG["datasets"][wc.dataset]["domain"],
+    wildcard_constraints:
+        prompt_set=kinds_regex("prompts", "template"),
     conda:
         CONDA_ENV
     log:
         f"{RESULTS}/logs/prompts/{{dataset}}/{{prompt_set}}/shard-{{shard}}.log",
     script:
         "../scripts/template_prompts.py"
+
+
+# LLM prompts: answers are cached in results/cache/llm (outside the outputs), so a rerun
+# or a retry after a failure never asks again for what it already has.
+rule llm_prompts:
+    input:
+        shard=shard_items,
+        model=lambda wc: model_inputs(CONFIG, *[CONFIG["prompts"][wc.prompt_set].get("model")]
+                                      if CONFIG["prompts"][wc.prompt_set].get("backend") == "local" else []),
+    output:
+        prompts_shard("{dataset}", "{prompt_set}", "{shard}"),
+    params:
+        prompt=lambda wc: CONFIG["prompts"][wc.prompt_set],
+        domain=lambda wc: CONFIG["datasets"][wc.dataset]["domain"],
+        cache=lambda wc: f"{RESULTS}/cache/llm/{wc.dataset}/{wc.prompt_set}/shard-{wc.shard}.jsonl",
+        models=lambda wc: {k: CONFIG["models"][k] for k in [CONFIG["prompts"][wc.prompt_set].get("model")] if k},
+        runtime=runtime(),
+    wildcard_constraints:
+        prompt_set=kinds_regex("prompts", "llm"),
+    resources:
+        gpu=lambda wc: int(CONFIG["prompts"][wc.prompt_set].get("backend") == "local"),
+    conda:
+        CONDA_ENV
+    log:
+        f"{RESULTS}/logs/prompts/{{dataset}}/{{prompt_set}}/shard-{{shard}}.log",
+    script:
+        "../scripts/llm_prompts.py"

@@ -1,4 +1,5 @@
-# Aggregation of per-image metrics into tables (mean, std, bootstrap CI).
+# Aggregation of per-image metrics into tables (mean, best-of-N, std, bootstrap CI)
+# and the comparison with the papers' numbers.
 
 
 rule summary:
@@ -13,3 +14,24 @@ rule summary:
     localrule: True
     script:
         "../scripts/summary.py"
+
+
+rule paper_table:
+    input:
+        summary_table(),
+    output:
+        paper_table(),
+    params:
+        rows=lambda wc: {
+            row: "/".join(cb_config.resolve_ref(CONFIG, ref, "report.paper_rows"))
+            for row, ref in CONFIG.get("report", {}).get("paper_rows", {}).items()
+        },
+        datasets=lambda wc: {name: entry["format"] for name, entry in CONFIG["datasets"].items()},
+        scale=CLIP_EVAL["scale"],
+    conda:
+        CONDA_ENV
+    log:
+        f"{RESULTS}/logs/paper_table.log",
+    localrule: True
+    script:
+        "../scripts/paper_table.py"

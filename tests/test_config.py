@@ -8,10 +8,13 @@ def test_default_config_is_valid_and_defaults_are_filled(default_config):
     config = cb_config.validate(default_config)
     assert config["datasets"]["cub"]["max_items"] == 0  # schema default filled in
     assert config["hub_offline"] is True
-    sets = cb_config.method_paramsets(config, "sd")
+    sets = cb_config.method_paramsets(config, "sd_template")
     assert sorted(sets) == ["guidance_scale=5.0", "guidance_scale=7.5"]
     assert sets["guidance_scale=5.0"]["guidance_scale"] == 5.0
-    assert sets["guidance_scale=5.0"]["num_inference_steps"] == default_config["methods"]["sd"]["params"]["num_inference_steps"]
+    assert sets["guidance_scale=5.0"]["num_inference_steps"] == \
+        default_config["methods"]["sd_template"]["params"]["num_inference_steps"]
+    assert cb_config.method_inputs(config, "as_all") == [
+        ("sd_template", "guidance_scale=7.5"), ("sd_llm", "default"), ("retrieval", "default")]
 
 
 @pytest.mark.parametrize("mutate, fragment", [
@@ -23,18 +26,35 @@ def test_default_config_is_valid_and_defaults_are_filled(default_config):
     (lambda c: c["datasets"]["cub"].update(format="imagenet"), "datasets.cub.format"),
     (lambda c: c["datasets"]["cub"].update(splt="test"), "splt"),
     (lambda c: c["models"]["sd"].update(kind="sdxl"), "models.sd.kind"),
-    (lambda c: c["methods"]["sd"].update(model="sd2"), "unknown model 'sd2'"),
-    (lambda c: c["methods"]["sd"].update(datasets=["imagenet"]), "unknown dataset 'imagenet'"),
-    (lambda c: c["methods"]["sd"].update(prompts="llm"), "unknown prompt set 'llm'"),
-    (lambda c: c["methods"]["sd"]["params"].update(num_steps=3), "num_steps"),
-    (lambda c: c["methods"]["sd"]["params"].update(num_inference_steps="4"), "num_inference_steps"),
-    (lambda c: c["methods"]["sd"]["params"].update(num_inference_steps=True), "num_inference_steps"),
-    (lambda c: c["methods"]["sd"].update(sweep={"strength": [0.5]}), "strength"),
-    (lambda c: c["methods"]["sd"].update(sweep={"guidance_scale": []}), "guidance_scale"),
-    (lambda c: c["methods"]["sd"].update(sweep={"num_inference_steps": [2.5]}), "num_inference_steps"),
-    (lambda c: c["methods"]["sd"].update(kind="dalle"), "methods.sd.kind"),
-    (lambda c: c["evaluation"]["clip_score"].update(scale="percent"), "evaluation.clip_score.scale"),
-    (lambda c: c["evaluation"]["clip_score"].update(model="nope"), "unknown model 'nope'"),
+    (lambda c: c["methods"]["sd_template"].update(model="sd2"), "unknown model 'sd2'"),
+    (lambda c: c["methods"]["sd_template"].update(datasets=["imagenet"]), "unknown dataset 'imagenet'"),
+    (lambda c: c["methods"]["sd_template"].update(prompts="gpt"), "unknown prompt set 'gpt'"),
+    (lambda c: c["methods"]["sd_template"]["params"].update(num_steps=3), "num_steps"),
+    (lambda c: c["methods"]["sd_template"]["params"].update(num_inference_steps="4"), "num_inference_steps"),
+    (lambda c: c["methods"]["sd_template"]["params"].update(num_inference_steps=True), "num_inference_steps"),
+    (lambda c: c["methods"]["sd_template"].update(sweep={"strength": [0.5]}), "strength"),
+    (lambda c: c["methods"]["sd_template"].update(sweep={"guidance_scale": []}), "guidance_scale"),
+    (lambda c: c["methods"]["sd_template"].update(sweep={"num_inference_steps": [2.5]}), "num_inference_steps"),
+    (lambda c: c["methods"]["sd_template"].update(kind="dalle"), "methods.sd_template.kind"),
+    (lambda c: c["evaluation"]["clip"].update(scale="percent"), "evaluation.clip.scale"),
+    (lambda c: c["evaluation"]["clip"].update(model="nope"), "unknown model 'nope'"),
+    (lambda c: c["evaluation"]["clip"].update(model="sd"), "model 'sd' is of kind sd, expected open_clip"),
+    (lambda c: c["methods"]["sd_template"].update(model="clip"), "expected sd"),
+    (lambda c: c["methods"]["cn_template"].update(base="sd_template"), "has several parameter sets"),
+    (lambda c: c["methods"]["cn_template"].update(base="sd_template/guidance_scale=9.0"), "no parameter set"),
+    (lambda c: c["methods"]["cn_template"].update(base="nope"), "unknown method 'nope'"),
+    (lambda c: c["methods"]["cn_template"].pop("controlnet"), "needs 'controlnet'"),
+    (lambda c: c["methods"]["cn_template"].update(controlnet="sd"), "expected controlnet"),
+    (lambda c: c["methods"]["as_lt"].update(candidates=[]), "as_lt.candidates"),
+    (lambda c: c["methods"]["sd_llm"].update(base="retrieval"), "only a controlnet method"),
+    (lambda c: c["methods"]["as_lt"].update(candidates=["as_all"]) or c["methods"]["as_all"].update(
+        candidates=["as_lt"]), "input cycle"),
+    (lambda c: c["methods"]["retrieval_attr"].update(datasets=["flowers"]), "attribute retrieval needs CUB"),
+    (lambda c: c["methods"]["sd_llm"].update(datasets=["cub"]), "does not run on dataset(s) flowers"),
+    (lambda c: c["prompts"]["llm"].update(backend="openai"), "needs 'base_url'"),
+    (lambda c: c["prompts"]["llm"].update(model="sd"), "expected causal_lm"),
+    (lambda c: c["prompts"]["llm"].update(base_url="localhost:8080"), "prompts.llm.base_url"),
+    (lambda c: c["report"]["paper_rows"].update({"retrieval": "nope"}), "unknown method 'nope'"),
 ])
 def test_bad_config_names_the_key(default_config, mutate, fragment):
     mutate(default_config)
@@ -53,10 +73,10 @@ def test_load_reports_missing_and_invalid_yaml(tmp_path):
 
 
 def test_ints_are_accepted_for_float_params(default_config):
-    default_config["methods"]["sd"]["params"]["guidance_scale"] = 7
-    default_config["methods"]["sd"]["sweep"] = {"guidance_scale": [3, 7.5]}
+    default_config["methods"]["sd_template"]["params"]["guidance_scale"] = 7
+    default_config["methods"]["sd_template"]["sweep"] = {"guidance_scale": [3, 7.5]}
     config = cb_config.validate(default_config)
-    sets = cb_config.method_paramsets(config, "sd")
+    sets = cb_config.method_paramsets(config, "sd_template")
     assert sorted(sets) == ["guidance_scale=3.0", "guidance_scale=7.5"]
     assert isinstance(sets["guidance_scale=3.0"]["guidance_scale"], float)
 

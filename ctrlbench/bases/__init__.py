@@ -1,1 +1,1 @@
-"""ctrlbench.bases"""
+"""Base images for regeneration: retrieval of real images and selection among candidates."""

@@ -19,3 +19,10 @@ def prepare_items(fmt: str, root: str, split: str, items_csv: str, shard_dir: st
     changed = shards.write_shard_files(items, shard_dir, n_shards)
     log.info("%d items from %s (%s, split %s); rewrote shards %s", len(items), root, fmt, split, changed)
     io.write_csv(items_csv, items)  # written last: the checkpoint's only declared output
+
+
+def prepare_gallery(fmt: str, root: str, split: str, gallery_csv: str) -> None:
+    """The retrieval gallery (one table, not sharded: every query searches all of it)."""
+    gallery = read_dataset(fmt, root, split).sort_values("item_id")
+    log.info("%d gallery items from %s (%s, split %s)", len(gallery), root, fmt, split)
+    io.write_csv(gallery_csv, gallery)

@@ -1,24 +1,24 @@
-"""CLIP text-image score, with its scale named in every result.
+"""CLIP similarity metrics from the embedding caches, with the scale named in every row.
 
-Three scales are in use in the papers we reproduce:
-  cos01   = 100 * (cos + 1) / 2        mmm2025's t-SIM (percent)
+  t_sim: CLIP text-image similarity of a generated image and its item's evaluation
+         prompt (mmm2025's t-SIM; with scale clip100 it is torchmetrics' CLIPScore)
+  i_sim: CLIP image-image similarity of a generated image and the item's real image
+         (mmm2025's i-SIM)
+Scales:
+  cos01   = 100 * (cos + 1) / 2        mmm2025 (percent)
   clip100 = max(100 * cos, 0)          torchmetrics CLIPScore
   hessel  = 2.5 * max(cos, 0)          Hessel et al. CLIPScore
-Texts longer than the CLIP context (77 tokens) are truncated by the tokenizer; the
-result records `text_handling: truncate`.
+Texts longer than CLIP's 77 tokens are truncated (`text_handling: truncate`).
 """
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import numpy as np
 import pandas as pd
-import torch
-from PIL import Image
 
 from .. import io
-from ..config import resolve_device
+from ..errors import InputError
+from .embeddings import load_embeddings
 
 SCALES = {
     "cos01": lambda cos: 100.0 * (cos + 1.0) / 2.0,
@@ -26,41 +26,37 @@ SCALES = {
     "hessel": lambda cos: 2.5 * np.maximum(cos, 0.0),
 }
 
+METRIC_COLUMNS = ["item_id", "sample", "image", "metric", "value", "scale", "model", "text_handling"]
 
-def scale_cosine(cos: np.ndarray, scale: str) -> np.ndarray:
+
+def scale_cosine(cos, scale: str) -> np.ndarray:
     try:
         return SCALES[scale](np.asarray(cos, dtype=np.float64))
     except KeyError:
         raise ValueError(f"unknown CLIP score scale '{scale}' (known: {', '.join(SCALES)})") from None
 
 
-@torch.inference_mode()
-def clip_cosines(clip, images: list, texts: list[str], batch_size: int = 32) -> np.ndarray:
-    """Cosine similarity of each image with its own text (pairs, not all-vs-all)."""
-    cosines = []
-    for start in range(0, len(images), batch_size):
-        image_emb = clip.encode_images(images[start:start + batch_size])
-        text_emb = clip.encode_texts(texts[start:start + batch_size])
-        cosines.append((image_emb * text_emb).sum(-1).double().cpu().numpy())
-    return np.concatenate(cosines) if cosines else np.zeros(0)
+def _rows_for(keys: pd.DataFrame, reference: pd.DataFrame, reference_emb: np.ndarray, what: str) -> np.ndarray:
+    """Row index into `reference` for each generated image's item."""
+    index = pd.Series(np.arange(len(reference)), index=reference["item_id"])
+    missing = sorted(set(keys["item_id"]) - set(index.index))
+    if missing:
+        raise InputError(f"no {what} for item(s) {', '.join(missing[:5])}")
+    return index.loc[keys["item_id"]].to_numpy()
 
 
-def score_shard(config: dict, metric_cfg: dict, images_dir: str, out_csv: str) -> pd.DataFrame:
-    from ..models.loaders import load_model
-
-    manifest = pd.read_csv(Path(images_dir) / "manifest.csv", dtype={"item_id": str}, keep_default_na=False)
-    scale = metric_cfg.get("scale", "cos01")
-    model_key = metric_cfg["model"]
-    if len(manifest):
-        clip = load_model(config, model_key, device=resolve_device(config))
-        images = [Image.open(Path(images_dir) / name).convert("RGB") for name in manifest["image"]]
-        cos = clip_cosines(clip, images, manifest["prompt"].tolist(), metric_cfg.get("batch_size", 32))
-    else:
-        cos = np.zeros(0)
-    frame = pd.DataFrame({
-        "item_id": manifest["item_id"], "sample": manifest["sample"], "image": manifest["image"],
-        "metric": "clip_score", "value": scale_cosine(cos, scale), "scale": scale,
-        "model": model_key, "text_handling": "truncate",
-    })
-    io.write_csv(out_csv, frame)
+def similarity_shard(images_npz: str, real_npz: str, text_npz: str, out_csv: str, scale: str,
+                     model_key: str) -> pd.DataFrame:
+    keys, emb = load_embeddings(images_npz)
+    frames = []
+    if len(keys):
+        for metric, npz, what in (("t_sim", text_npz, "evaluation prompt"), ("i_sim", real_npz, "real image")):
+            ref_keys, ref_emb = load_embeddings(npz)
+            cos = (emb.astype(np.float64) * ref_emb[_rows_for(keys, ref_keys, ref_emb, what)]).sum(axis=1)
+            frames.append(pd.DataFrame({
+                "item_id": keys["item_id"], "sample": keys["sample"], "image": keys["image"],
+                "metric": metric, "value": scale_cosine(cos, scale), "scale": scale, "model": model_key,
+                "text_handling": "truncate" if metric == "t_sim" else ""}))
+    frame = pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=METRIC_COLUMNS)
+    io.write_csv(out_csv, frame[METRIC_COLUMNS])
     return frame

@@ -1,0 +1,76 @@
+"""The papers' reported numbers, and tables that put ours beside them.
+
+mmm2025 ("Enhancing Visual Details"): t-SIM / i-SIM in percent, CLIP ViT-L/14,
+(cos+1)/2. Base-image rows and the regeneration table as published; the
+regeneration table reports its base rows again with different values (it scores
+another set of images), so they are separate rows here.
+"""
+
+from __future__ import annotations
+
+import pandas as pd
+
+from .. import io
+
+# row -> {dataset format: (t_sim, i_sim)}
+MMM2025 = {
+    "template + SD": {"cub": (60.72, 66.35), "flowers": (60.65, 68.87)},
+    "llama2 + SD": {"cub": (60.65, 66.45), "flowers": (60.63, 70.11)},
+    "AS(l+t) + SD": {"cub": (60.89, 66.95), "flowers": (60.75, 69.81)},
+    "retrieval": {"cub": (60.77, 68.21), "flowers": (61.20, 73.38)},
+    "AS-all": {"cub": (60.96, 67.39), "flowers": (61.00, 71.48)},
+    "template SD (regeneration table)": {"cub": (63.09, 76.12), "flowers": (62.01, 75.58)},
+    "template SD + ControlNet": {"cub": (63.71, 77.13), "flowers": (62.35, 77.92)},
+    "llama2 SD (regeneration table)": {"cub": (62.75, 75.53), "flowers": (61.78, 77.49)},
+    "llama2 SD + ControlNet": {"cub": (63.61, 76.84), "flowers": (62.22, 78.53)},
+    "retrieval (regeneration table)": {"cub": (59.98, 73.27), "flowers": (62.59, 79.03)},
+    "retrieval + ControlNet": {"cub": (62.84, 75.82), "flowers": (62.57, 77.09)},
+}
+PAPER_SCALE = "cos01"
+
+COLUMNS = ["paper_row", "dataset", "metric", "paper", "ours_mean", "ours_best_of_n", "ours_n_images",
+           "ours_method", "status"]
+
+
+def mmm2025_table(summary_csv: str, out_csv: str, rows: dict[str, str], datasets: dict[str, str],
+                  scale: str) -> pd.DataFrame:
+    """`rows`: paper row -> our "method/paramset"; `datasets`: our dataset name -> format.
+
+    Every paper row and dataset appears; status says "ok", "not configured" (no method
+    mapped to the row), "not run" (no results for it) or "other scale" (our CLIP scale
+    differs from the paper's, so the numbers are not comparable)."""
+    unknown = sorted(set(rows) - set(MMM2025))
+    if unknown:
+        raise ValueError(f"report.paper_rows: unknown mmm2025 row(s) {unknown}; known: {list(MMM2025)}")
+    summary = pd.read_csv(summary_csv)
+    by_format = {fmt: [name for name, f in datasets.items() if f == fmt] for fmt in ("cub", "flowers")}
+    out = []
+    for row, numbers in MMM2025.items():
+        for fmt, paper_values in numbers.items():
+            for dataset in by_format[fmt] or [fmt]:
+                for metric, paper in zip(("t_sim", "i_sim"), paper_values):
+                    record = {"paper_row": row, "dataset": dataset, "metric": metric, "paper": paper,
+                              "ours_method": rows.get(row, "")}
+                    record.update(_ours(summary, rows.get(row), dataset, metric))
+                    if record["status"] == "ok" and scale != PAPER_SCALE:
+                        record["status"] = "other scale"
+                    out.append(record)
+    table = pd.DataFrame(out, columns=COLUMNS)
+    io.write_csv(out_csv, table)
+    return table
+
+
+def _ours(summary: pd.DataFrame, ref: str | None, dataset: str, metric: str) -> dict:
+    empty = {"ours_mean": float("nan"), "ours_best_of_n": float("nan"), "ours_n_images": 0}
+    if not ref:
+        return {**empty, "status": "not configured"}
+    method, paramset = ref.split("/", 1)
+    found = summary[(summary["method"] == method) & (summary["paramset"] == paramset)
+                    & (summary["dataset"] == dataset) & (summary["metric"] == metric)]
+    mean = found[found["aggregate"] == "mean"]
+    if mean.empty or not mean["n"].iloc[0]:
+        return {**empty, "status": "not run"}
+    best = found[found["aggregate"] == "best_of_n"]
+    return {"ours_mean": float(mean["mean"].iloc[0]),
+            "ours_best_of_n": float(best["mean"].iloc[0]) if len(best) else float(mean["mean"].iloc[0]),
+            "ours_n_images": int(mean["n"].iloc[0]), "status": "ok"}

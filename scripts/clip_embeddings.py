@@ -1,0 +1,9 @@
+from ctrlbench.jobs import job_config, logged
+from ctrlbench.metrics import embeddings
+
+p = snakemake.params
+embed = {"images": embeddings.embed_method_images, "real": embeddings.embed_real_images,
+         "prompts": embeddings.embed_prompts}[p.what]
+with logged(snakemake.log[0], threads=snakemake.threads):
+    embed(job_config(p.runtime, p.models), snakemake.wildcards.model, snakemake.input.source,
+          snakemake.output[0], p.batch_size)

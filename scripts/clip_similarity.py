@@ -1,0 +1,7 @@
+from ctrlbench.jobs import logged
+from ctrlbench.metrics.clip_score import similarity_shard
+
+i = snakemake.input
+with logged(snakemake.log[0]):
+    similarity_shard(i.images, i.real, i.text, snakemake.output[0], snakemake.params.scale,
+                     snakemake.params.model_key)
