@@ -151,7 +151,7 @@ def test_cub_attribute_list_is_the_published_one():
 def test_cub_items_table_columns_splits_and_classes(toy_roots):
     root = toy_roots["cub"]
     test, train, every = (read_cub(root, split) for split in ("test", "train", "all"))
-    assert list(test.columns) == [*ITEM_COLUMNS, "attribute_vector"]
+    assert list(test.columns) == [*ITEM_COLUMNS, "attribute_vector", "image_id"]
     assert (len(test), len(train), len(every)) == (6, 6, 12)
     assert set(test["split"]) == {"test"} and set(train["split"]) == {"train"}
     assert not set(test["item_id"]) & set(train["item_id"])

@@ -19,7 +19,8 @@ from ctrlbench.models.registry import MODEL_KINDS
 from ctrlbench.models.tiny import OPEN_CLIP_CFG, TINY_MARKER, build_tiny
 
 KEYS = {"sd": "sd", "controlnet": "controlnet", "sd_inpaint": "sd_inpaint", "clip": "open_clip",
-        "deeplab": "deeplabv3", "aesthetic": "aesthetic", "fid": "fid_inception"}
+        "deeplab": "deeplabv3", "aesthetic": "aesthetic", "fid": "fid_inception",
+        "llm": "causal_lm", "minilm_tiny": "text_embedder"}
 SENTENCES = [
     "a photo of a cat",
     "A Red-winged Blackbird, perched on a branch!!",

@@ -166,11 +166,12 @@ def read_cub(root, split: str = "test") -> pd.DataFrame:
     vectors = read_attribute_vectors(index["attributes/image_attribute_labels.txt"], image_ids, len(attribute_names))
     captions_dir = find_captions_dir(cub_dir)
     rows = [
-        _item_row(cub_dir, images[image_id], "train" if is_train[image_id] else "test",
-                  labels[image_id], classes[labels[image_id]], vector, attribute_names, captions_dir)
+        {**_item_row(cub_dir, images[image_id], "train" if is_train[image_id] else "test",
+                     labels[image_id], classes[labels[image_id]], vector, attribute_names, captions_dir),
+         "image_id": image_id}  # CUB's own id: retrieval breaks ties by lowest image id
         for image_id, vector in zip(image_ids, vectors)
     ]
-    frame = items_frame(rows, ("attribute_vector",), "CUB")
+    frame = items_frame(rows, ("attribute_vector", "image_id"), "CUB")
     require_images_exist(frame["image"], f"{index['images.txt']} (split {split!r})", "CUB")
     return frame
 

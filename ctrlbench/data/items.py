@@ -23,6 +23,8 @@ def prepare_items(fmt: str, root: str, split: str, items_csv: str, shard_dir: st
 
 def prepare_gallery(fmt: str, root: str, split: str, gallery_csv: str) -> None:
     """The retrieval gallery (one table, not sharded: every query searches all of it)."""
-    gallery = read_dataset(fmt, root, split).sort_values("item_id")
+    gallery = read_dataset(fmt, root, split)
+    # Row order is the retrieval tie-break order: lowest dataset id first (CUB image_id).
+    gallery = gallery.sort_values("image_id" if "image_id" in gallery else "item_id", kind="stable")
     log.info("%d gallery items from %s (%s, split %s)", len(gallery), root, fmt, split)
     io.write_csv(gallery_csv, gallery)
