@@ -25,7 +25,7 @@ def retrieval_inputs(wildcards):
     method = CONFIG["methods"][wildcards.method]
     inputs = {
         "prompts": prompts_shard(wildcards.dataset, method["prompts"], wildcards.shard),
-        "items": f"{RESULTS}/data/{wildcards.dataset}/shards/shard-{wildcards.shard}.csv",
+        "shard_items": f"{RESULTS}/data/{wildcards.dataset}/shards/shard-{wildcards.shard}.csv",
         "gallery": f"{RESULTS}/data/{wildcards.dataset}/gallery.csv",
     }
     if PARAMSETS[wildcards.method][wildcards.paramset]["strategy"] == "text":

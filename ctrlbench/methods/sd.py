@@ -3,7 +3,10 @@
 Each prompt gets `images_per_prompt` images from one generator seeded with `seed`, as
 the original code did (generator = manual_seed(42), num_images_per_prompt = 5); the
 initial noise is drawn per prompt, so an item's images do not depend on which other
-items share its batch. Prompt embeddings are computed once per distinct prompt.
+items share its batch. Prompt embeddings are computed once per distinct prompt, in
+77-token chunks so long prompts are not truncated (ctrlbench.prompts.long_prompt); a batch
+only holds prompts with the same number of chunks, so a short prompt's images are the
+same whichever long prompts the shard also holds.
 """
 
 from __future__ import annotations
@@ -18,6 +21,7 @@ from diffusers.utils.torch_utils import randn_tensor
 from .. import io
 from ..config import resolve_device, resolve_dtype
 from ..models.loaders import load_model
+from ..prompts.long_prompt import TEXT_HANDLING, encode_long_prompts
 
 log = logging.getLogger(__name__)
 
@@ -33,12 +37,25 @@ def initial_latents(pipe, n: int, height: int, width: int, seed: int, dtype) -> 
 
 @torch.inference_mode()
 def encode_prompts(pipe, prompts: list[str], negative_prompt: str, device) -> dict[str, tuple]:
-    """{prompt: (positive, negative) embeddings}, each distinct prompt encoded once."""
+    """{prompt: (positive, negative) embeddings}, each distinct prompt encoded once.
+
+    Both are [1, 77 * k, D] with k the chunk count of the longer of prompt and negative
+    prompt; a prompt of <= 75 tokens gives exactly diffusers' `encode_prompt` embeddings.
+    """
     cache = {}
     for prompt in dict.fromkeys(prompts):
-        positive, negative = pipe.encode_prompt(prompt, device, 1, True, negative_prompt or None)
-        cache[prompt] = (positive, negative)
+        cache[prompt] = encode_long_prompts(pipe.tokenizer, pipe.text_encoder, [prompt],
+                                            [negative_prompt or ""], device)
     return cache
+
+
+def batches(jobs: list, key, size: int) -> list[list]:
+    """Consecutive batches of at most `size` jobs, each batch holding one `key(job)` value
+    (embedding length, image size): groups in order of first appearance, jobs in order."""
+    groups: dict = {}
+    for job in jobs:
+        groups.setdefault(key(job), []).append(job)
+    return [group[i:i + size] for group in groups.values() for i in range(0, len(group), size)]
 
 
 @torch.inference_mode()
@@ -47,28 +64,30 @@ def generate(pipe, prompts: pd.DataFrame, params: dict, out_dir: Path) -> pd.Dat
     device, dtype = pipe.device, pipe.unet.dtype
     n, height, width = params["images_per_prompt"], params["height"], params["width"]
     embeds = encode_prompts(pipe, prompts["prompt"].tolist(), params["negative_prompt"], device)
-    jobs = []  # one entry per image: (prompt row, sample index, its initial noise)
+    jobs = []  # one entry per image: (position, prompt row, sample index, its initial noise)
     for row in prompts.itertuples(index=False):
         latents = initial_latents(pipe, n, height, width, params["seed"], dtype)
-        jobs.extend((row, sample, latents[sample]) for sample in range(n))
+        first = len(jobs)
+        jobs.extend((first + sample, row, sample, latents[sample]) for sample in range(n))
 
-    records = []
-    for start in range(0, len(jobs), params["batch_size"]):
-        batch = jobs[start:start + params["batch_size"]]
-        positive = torch.cat([embeds[row.prompt][0] for row, _, _ in batch])
-        negative = torch.cat([embeds[row.prompt][1] for row, _, _ in batch])
+    records = [None] * len(jobs)
+    done = 0
+    for batch in batches(jobs, lambda job: embeds[job[1].prompt][0].shape[1], params["batch_size"]):
+        positive = torch.cat([embeds[row.prompt][0] for _, row, _, _ in batch])
+        negative = torch.cat([embeds[row.prompt][1] for _, row, _, _ in batch])
         images = pipe(
             prompt_embeds=positive, negative_prompt_embeds=negative,
-            latents=torch.stack([lat for _, _, lat in batch]).to(device),
+            latents=torch.stack([lat for _, _, _, lat in batch]).to(device),
             num_inference_steps=params["num_inference_steps"], guidance_scale=params["guidance_scale"],
             height=height, width=width, output_type="pil",
         ).images
-        for (row, sample, _), image in zip(batch, images):
+        for (position, row, sample, _), image in zip(batch, images):
             name = f"{io.safe_name(row.item_id)}_{sample:02d}.png"
             io.save_image(out_dir / name, image)
-            records.append({"item_id": row.item_id, "sample": sample, "image": name, "prompt": row.prompt,
-                            "seed": params["seed"], "class_name": row.class_name, "source_image": row.image})
-        log.info("generated %d/%d images", len(records), len(jobs))
+            records[position] = {"item_id": row.item_id, "sample": sample, "image": name, "prompt": row.prompt,
+                                 "seed": params["seed"], "class_name": row.class_name, "source_image": row.image}
+        done += len(batch)
+        log.info("generated %d/%d images", done, len(jobs))
     return pd.DataFrame(records, columns=MANIFEST_COLUMNS)
 
 
@@ -85,6 +104,7 @@ def run_shard(config: dict, model_key: str, prompts_csv: str, out_dir: str, para
             manifest = pd.DataFrame(columns=MANIFEST_COLUMNS)
         io.write_json(tmp / "params.json", io.provenance(
             method="sd", params=params, model={model_key: config["models"][model_key]},
-            device=device, dtype=str(dtype), torch_threads=torch.get_num_threads(), n_items=len(prompts)))
+            device=device, dtype=str(dtype), text_handling=TEXT_HANDLING,
+            torch_threads=torch.get_num_threads(), n_items=len(prompts)))
         io.write_csv(tmp / "manifest.csv", manifest)
     return manifest
