@@ -189,3 +189,62 @@ def test_configfile_replaces_the_demo_config(tmp_path):
     shutil.copy(ROOT / "config.yaml", tmp_path / "config.yaml")
     counts = job_counts(snakemake(tmp_path, "--dry-run", "--config", "n_shards=3").stdout)
     assert counts["toy_data"] == 1  # the demo config was loaded, with the override on top
+
+
+@pytest.fixture(scope="module")
+def mmm2025_demo(tmp_path_factory):
+    """The default config as shipped: the whole mmm2025 chain on toy CUB and Flowers."""
+    workdir = tmp_path_factory.mktemp("mmm2025")
+    shutil.copy(ROOT / "config.yaml", workdir / "config.yaml")
+    snakemake(workdir)
+    return workdir, yaml.safe_load((ROOT / "config.yaml").read_text())
+
+
+def read_manifests(results, dataset, method, paramset="default"):
+    folders = sorted((results / "images" / dataset / method / paramset).glob("shard-*"))
+    return pd.concat([pd.read_csv(f / "manifest.csv", dtype={"item_id": str}).assign(folder=str(f))
+                      for f in folders], ignore_index=True)
+
+
+def test_mmm2025_chain_runs_every_step_on_cub_and_flowers(mmm2025_demo):
+    workdir, config = mmm2025_demo
+    results = workdir / "results"
+    paper = pd.read_csv(results / "tables" / "paper_mmm2025.csv")
+    assert set(paper["status"]) == {"ok"}, paper[paper.status != "ok"]
+    assert set(paper["dataset"]) == {"cub", "flowers"}
+    summary = pd.read_csv(results / "tables" / "summary.csv")
+    for name, method in config["methods"].items():
+        for dataset in method["datasets"]:
+            ran = summary[(summary.method == name) & (summary.dataset == dataset)]
+            assert set(ran["metric"]) == {"t_sim", "i_sim"}, (name, dataset)
+    for dataset in ("cub", "flowers"):
+        items = pd.read_csv(results / "data" / dataset / "items.csv", dtype={"item_id": str})
+        gallery = pd.read_csv(results / "data" / dataset / "gallery.csv", dtype={"item_id": str})
+        assert set(items["split"]) == {"test"} and set(gallery["split"]) == {"train"}
+        # Retrieval returns train images only, one per test item.
+        retrieved = read_manifests(results, dataset, "retrieval")
+        assert sorted(retrieved["item_id"]) == sorted(items["item_id"])
+        assert set(retrieved["retrieved_item_id"]) <= set(gallery["item_id"])
+        # AS-all picks, per item, one of its candidates' images.
+        chosen = read_manifests(results, dataset, "as_all")
+        assert sorted(chosen["item_id"]) == sorted(items["item_id"])
+        assert set(chosen["selected_method"]) <= {"sd_template", "sd_llm", "retrieval"}
+        # ControlNet regenerates each base with its canny map beside the outputs.
+        regenerated = read_manifests(results, dataset, "cn_retrieval")
+        assert len(regenerated) == len(items) * config["methods"]["cn_retrieval"]["params"]["samples_per_input"]
+        for row in regenerated.itertuples():
+            assert (Path(row.folder) / row.canny).exists() and (Path(row.folder) / row.image).exists()
+        # LLM prompts: the paper's request, answers cached outside the outputs.
+        llm = pd.concat(pd.read_csv(p) for p in (results / "prompts" / dataset / "llm").glob("*.csv"))
+        domain = config["datasets"][dataset]["domain"]
+        assert llm["request"].str.startswith(f"Please use less than 120 words to describe the {domain}(").all()
+        assert (llm["prompt"].str.len() > 0).all()
+        assert list((results / "cache" / "llm" / dataset / "llm").glob("shard-*.jsonl"))
+    cub_attr = read_manifests(results, "cub", "retrieval_attr")
+    assert (cub_attr["strategy"] == "attribute").all()
+
+
+def test_mmm2025_rerun_is_a_no_op(mmm2025_demo):
+    workdir, _ = mmm2025_demo
+    result = snakemake(workdir, "--dry-run")
+    assert "Nothing to be done" in result.stdout + result.stderr
