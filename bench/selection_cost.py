@@ -79,6 +79,8 @@ def main() -> None:
         build_tiny("open_clip", f"{tmp}/clip")
         clip = load_model({"results_dir": tmp, "models": {"clip": {"kind": "open_clip", "source": f"{tmp}/clip"}}},
                           "clip")
+    warm_images, warm_candidates, warm_prompts = make_inputs(8, args.candidates, seed=1)
+    select_encode_once(clip, warm_images, warm_candidates, warm_prompts)  # one-off start-up costs
     rows = []
     for n in args.sizes:
         images, candidates, prompts = make_inputs(n, args.candidates)

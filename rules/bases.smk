@@ -20,19 +20,6 @@ rule gallery_embeddings:
         "../scripts/gallery_embeddings.py"
 
 
-def retrieval_inputs(wildcards):
-    after_items(wildcards.dataset)
-    method = CONFIG["methods"][wildcards.method]
-    inputs = {
-        "prompts": prompts_shard(wildcards.dataset, method["prompts"], wildcards.shard),
-        "shard_items": f"{RESULTS}/data/{wildcards.dataset}/shards/shard-{wildcards.shard}.csv",
-        "gallery": f"{RESULTS}/data/{wildcards.dataset}/gallery.csv",
-    }
-    if PARAMSETS[wildcards.method][wildcards.paramset]["strategy"] == "text":
-        inputs["gallery_emb"] = f"{RESULTS}/cache/gallery/{wildcards.dataset}/{method['model']}.npz"
-    return inputs
-
-
 rule retrieve:
     input:
         unpack(retrieval_inputs),
@@ -53,16 +40,6 @@ rule retrieve:
         f"{RESULTS}/logs/retrieve/{{dataset}}/{{method}}/{{paramset}}/shard-{{shard}}.log",
     script:
         "../scripts/retrieve.py"
-
-
-def select_inputs(wildcards):
-    method = CONFIG["methods"][wildcards.method]
-    dirs = method_input_dirs(wildcards)
-    embeddings = method_input_embeddings(wildcards)
-    inputs = {f"dir_{name}": path for name, path in dirs.items()}
-    inputs.update({f"emb_{name}": path for name, path in embeddings.items()})
-    inputs["text"] = clip_prompts_cache(method["model"], wildcards.dataset, method["prompts"], wildcards.shard)
-    return inputs
 
 
 rule select_bases:

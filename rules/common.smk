@@ -171,6 +171,53 @@ def all_metric_shards(wildcards):
     ]
 
 
+def retrieval_inputs(wildcards):
+    after_items(wildcards.dataset)
+    method = CONFIG["methods"][wildcards.method]
+    inputs = {
+        "prompts": prompts_shard(wildcards.dataset, method["prompts"], wildcards.shard),
+        "shard_items": f"{RESULTS}/data/{wildcards.dataset}/shards/shard-{wildcards.shard}.csv",
+        "gallery": f"{RESULTS}/data/{wildcards.dataset}/gallery.csv",
+    }
+    if PARAMSETS[wildcards.method][wildcards.paramset]["strategy"] == "text":
+        inputs["gallery_emb"] = f"{RESULTS}/cache/gallery/{wildcards.dataset}/{method['model']}.npz"
+    return inputs
+
+
+def select_inputs(wildcards):
+    method = CONFIG["methods"][wildcards.method]
+    dirs = method_input_dirs(wildcards)
+    embeddings = method_input_embeddings(wildcards)
+    inputs = {f"dir_{name}": path for name, path in dirs.items()}
+    inputs.update({f"emb_{name}": path for name, path in embeddings.items()})
+    inputs["text"] = clip_prompts_cache(method["model"], wildcards.dataset, method["prompts"], wildcards.shard)
+    return inputs
+
+
+CLIP_EVAL = CONFIG["evaluation"]["clip"]
+
+
+def prompt_set_shard(wildcards):
+    after_items(wildcards.dataset)
+    return prompts_shard(wildcards.dataset, wildcards.prompt_set, wildcards.shard)
+
+
+def clip_similarity_inputs(wildcards):
+    after_items(wildcards.dataset)
+    model, dataset, shard = CLIP_EVAL["model"], wildcards.dataset, wildcards.shard
+    return {
+        "images": clip_images_cache(model, dataset, wildcards.method, wildcards.paramset, shard),
+        "real": clip_real_cache(model, dataset, shard),
+        "text": clip_prompts_cache(model, dataset, CLIP_EVAL["prompts"], shard),
+    }
+
+
+def paper_rows():
+    """{paper row: "method/paramset"} from report.paper_rows."""
+    rows = CONFIG.get("report", {}).get("paper_rows", {})
+    return {row: "{}/{}".format(*cb_config.resolve_ref(CONFIG, ref, "report.paper_rows")) for row, ref in rows.items()}
+
+
 def summary_table():
     return f"{RESULTS}/tables/summary.csv"
 

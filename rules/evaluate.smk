@@ -1,24 +1,6 @@
 # CLIP embedding caches (each image and prompt encoded once, shared by base selection
 # and every CLIP metric) and per-image metrics, one CSV per shard.
 
-CLIP_EVAL = CONFIG["evaluation"]["clip"]
-
-
-def prompt_set_shard(wildcards):
-    after_items(wildcards.dataset)
-    return prompts_shard(wildcards.dataset, wildcards.prompt_set, wildcards.shard)
-
-
-def clip_similarity_inputs(wildcards):
-    after_items(wildcards.dataset)
-    model, dataset, shard = CLIP_EVAL["model"], wildcards.dataset, wildcards.shard
-    return {
-        "images": clip_images_cache(model, dataset, wildcards.method, wildcards.paramset, shard),
-        "real": clip_real_cache(model, dataset, shard),
-        "text": clip_prompts_cache(model, dataset, CLIP_EVAL["prompts"], shard),
-    }
-
-
 rule clip_image_embeddings:
     input:
         source=shard_images,

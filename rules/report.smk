@@ -22,10 +22,7 @@ rule paper_table:
     output:
         paper_table(),
     params:
-        rows=lambda wc: {
-            row: "/".join(cb_config.resolve_ref(CONFIG, ref, "report.paper_rows"))
-            for row, ref in CONFIG.get("report", {}).get("paper_rows", {}).items()
-        },
+        rows=lambda wc: paper_rows(),
         datasets=lambda wc: {name: entry["format"] for name, entry in CONFIG["datasets"].items()},
         scale=CLIP_EVAL["scale"],
     conda:

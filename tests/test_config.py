@@ -1,6 +1,8 @@
 import pytest
 
 from ctrlbench import config as cb_config
+
+from conftest import ROOT
 from ctrlbench.errors import ConfigError
 
 
@@ -92,3 +94,11 @@ def test_device_and_dtype_resolution_on_cpu():
         assert cb_config.resolve_device({"device": "auto"}) == "cpu"
         with pytest.raises(ConfigError, match="no CUDA device"):
             cb_config.resolve_device({"device": "cuda:0"})
+
+
+@pytest.mark.parametrize("path", sorted((ROOT / "configs").glob("*.yaml")), ids=lambda p: p.name)
+def test_shipped_real_run_configs_are_valid(path):
+    config = cb_config.load(path)
+    assert all(entry["source"] != "tiny" for entry in config["models"].values())
+    for name in config["methods"]:
+        cb_config.method_paramsets(config, name)

@@ -77,6 +77,7 @@ class _Handler(BaseHTTPRequestHandler):
             server.in_flight += 1
             server.max_in_flight = max(server.max_in_flight, server.in_flight)
             mode = server.mode
+        self.counted = True
         try:
             time.sleep(server.delay)
             if mode == "slow":
@@ -100,10 +101,18 @@ class _Handler(BaseHTTPRequestHandler):
                 choice = {"index": 0, "text": answer}
             self._send(200, json.dumps({"object": "x", "model": body["model"], "choices": [choice]}))
         finally:
-            with server.lock:
-                server.in_flight -= 1
+            self._done()
+
+    def _done(self):
+        # Stop counting this request before its reply goes out: once the client has the
+        # reply it may send its next request, which must not overlap this one's count.
+        if self.counted:
+            with self.server.lock:
+                self.server.in_flight -= 1
+            self.counted = False
 
     def _send(self, status, text):
+        self._done()
         data = text.encode()
         self.send_response(status)
         self.send_header("Content-Type", "application/json")

@@ -223,6 +223,17 @@ def test_deeplab_segments(tiny_config):
     assert set(out) == {"out"} and out["out"].shape == (2, 21, 64, 48)
 
 
+def test_tiny_deeplab_output_depends_on_the_image(tiny_config):
+    """With torchvision's own init the random tiny DeepLab ignored its input (depthwise
+    convolutions shrank the signal), which made segmentation losses and IoU meaningless."""
+    model = load_model(tiny_config, "deeplab")
+    images = torch.rand(2, 3, 64, 64, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        out = model(images)["out"]
+    assert (out[0] - out[1]).abs().mean() > 0.05 * out.abs().mean()
+    assert len(out.argmax(1).unique()) > 1
+
+
 def test_deeplab_real_weights_file_and_tag(tmp_path, monkeypatch):
     """A torchvision-style .pth with the auxiliary head loads by path and by weights tag."""
     from torchvision import models

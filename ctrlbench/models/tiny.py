@@ -146,6 +146,14 @@ def _build_deeplab(out: Path) -> None:
     from safetensors.torch import save_file
 
     model = loaders.build_deeplab(DEEPLAB_BUILDER, loaders.DEEPLAB_NUM_CLASSES)
+    # torchvision's fan_out init makes depthwise convolutions shrink the signal block
+    # after block: with random weights the output would not depend on the image at all.
+    # fan_in keeps the variance, so segmentation losses and IoU react to the image.
+    for module in model.modules():
+        if isinstance(module, nn.Conv2d):
+            nn.init.kaiming_normal_(module.weight, mode="fan_in", nonlinearity="relu")
+            if module.bias is not None:
+                nn.init.zeros_(module.bias)
     save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(out / "model.safetensors"))
     _write_json(out / loaders.DEEPLAB_JSON,
                 {"builder": DEEPLAB_BUILDER, "num_classes": loaders.DEEPLAB_NUM_CLASSES})

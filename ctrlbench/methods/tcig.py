@@ -1,0 +1,580 @@
+"""TCIG: two-stage controlled text-to-image generation (docs/methods/tcig.md).
+
+Stage 1 optimises the latent z of a pretrained image decoder so that the decoded image
+matches the prompt (CLIP spherical distance on random cutouts, as in VQGAN+CLIP) and,
+for each target class c, DeepLabV3's probability of c matches the target mask:
+
+    L(z) = clip_weight * L_clip(decode(z), prompt) + sum_c seg_weight_c * MSE(p_c(decode(z)), mask_c)
+
+Stage 2 runs Stable Diffusion img2img on the stage-1 image at a moderate strength, to
+add detail while keeping its layout.
+
+Decoders: "sd_vae" (the SD pipeline's own VAE; latent [1, 4, H/8, W/8]) or "vqmodel" (a
+diffusers VQModel, e.g. a converted VQGAN, given by `decoder_path`; latent in codebook
+space, quantised with a straight-through estimator, as VQGAN+CLIP does).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+from PIL import Image
+from torch.nn import functional as F
+
+from .. import io
+from ..config import resolve_device, resolve_dtype
+from ..errors import InputError, ModelNotFoundError
+from ..models.loaders import load_model
+from ..prompts.long_prompt import TEXT_HANDLING
+from .segmentation import COCO_TO_VOC, VOC_CLASSES, segment_probs, voc_index
+
+log = logging.getLogger(__name__)
+
+TCIG_DEFAULTS = {
+    # Stage 1 (VQGAN+CLIP reference settings: 500 iterations, lr 0.1, 32 cutouts, cut_pow 1).
+    "decoder": "sd_vae",         # sd_vae (the SD pipeline's VAE) | vqmodel (diffusers VQModel at decoder_path)
+    "decoder_path": "",          # vqmodel: local diffusers VQModel folder (or cached hub id)
+    "decoder_subfolder": "",     # vqmodel: subfolder holding the VQModel (e.g. "vqvae"); "" = none
+    "iterations": 500,
+    "lr": 0.1,                   # AdamW on the latent
+    "cutouts": 32,
+    "cut_pow": 1.0,
+    "clip_weight": 1.0,
+    "seg_weight": 1.0,           # one weight for every target mask (stage1 also takes a per-class dict)
+    # Stage 2: SD img2img on the stage-1 image.
+    "stage2_strength": 0.6,      # 0 = no stage 2 (the final image is the stage-1 image)
+    "num_inference_steps": 50,
+    "guidance_scale": 7.5,
+    "negative_prompt": "",
+    # Both stages.
+    "seed": 0,                   # sample k of an item uses seed + k in both stages
+    "height": 512,
+    "width": 512,
+    "samples_per_item": 1,
+}
+
+MANIFEST_COLUMNS = ["item_id", "sample", "image", "prompt", "seed", "class_name", "source_image",
+                    "stage1_image", "stage1_final_loss", "masks"]
+STAGE1_DIR = "stage1"
+MASK_DIR = "masks"
+DECODERS = ("sd_vae", "vqmodel")
+# OpenAI CLIP normalisation, used when the CLIP model does not say its own.
+CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
+CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
+
+
+# --- decoders ---------------------------------------------------------------------------
+
+class _ClampWithGrad(torch.autograd.Function):
+    """clamp() whose gradient still flows where it points back into the range
+    (VQGAN+CLIP's ClampWithGrad), so saturated pixels can recover."""
+
+    @staticmethod
+    def forward(ctx, x, low, high):
+        ctx.low, ctx.high = low, high
+        ctx.save_for_backward(x)
+        return x.clamp(low, high)
+
+    @staticmethod
+    def backward(ctx, grad):
+        (x,) = ctx.saved_tensors
+        return grad * (grad * (x - x.clamp(ctx.low, ctx.high)) >= 0), None, None
+
+
+def clamp_with_grad(x: torch.Tensor, low: float = 0.0, high: float = 1.0) -> torch.Tensor:
+    return _ClampWithGrad.apply(x, low, high)
+
+
+class SDVAEDecoder:
+    """The SD VAE decoder on latents in SD's scaled latent space (z * scaling_factor),
+    initialised N(0, 1) like SD's own initial noise. Output [1, 3, H, W] in [0, 1]."""
+
+    name = "sd_vae"
+
+    def __init__(self, vae):
+        self.model = vae.eval().requires_grad_(False)  # only z is optimised
+        self.factor = 2 ** (len(vae.config.block_out_channels) - 1)
+        self.scaling = float(vae.config.scaling_factor)
+        self.shift = float(getattr(vae.config, "shift_factor", None) or 0.0)
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.model.parameters()).device
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return next(self.model.parameters()).dtype
+
+    def latent_shape(self, height: int, width: int) -> tuple[int, ...]:
+        _check_divisible(self.name, height, width, self.factor)
+        return (1, self.model.config.latent_channels, height // self.factor, width // self.factor)
+
+    def init_latent(self, height: int, width: int, generator: torch.Generator) -> torch.Tensor:
+        return torch.randn(self.latent_shape(height, width), generator=generator)
+
+    def decode(self, z: torch.Tensor) -> torch.Tensor:
+        x = self.model.decode((z / self.scaling + self.shift).to(self.device, self.dtype)).sample
+        return clamp_with_grad((x.float() + 1) / 2)
+
+    def project_(self, z: torch.Tensor) -> None:
+        """Keep z in the decoder's domain after a step (nothing to do for a VAE)."""
+
+
+class VQModelDecoder:
+    """A diffusers VQModel decoder on latents in codebook space: decode quantises to the
+    nearest codebook vector (straight-through gradient), as VQGAN+CLIP's synth() does.
+    z starts as random codebook vectors and is clamped to the codebook's per-channel range
+    after every step."""
+
+    name = "vqmodel"
+
+    def __init__(self, vqmodel):
+        self.model = vqmodel.eval().requires_grad_(False)
+        self.factor = 2 ** (len(vqmodel.config.block_out_channels) - 1)
+        codebook = vqmodel.quantize.embedding.weight.detach().float()
+        self.codebook = codebook.cpu()
+        self.z_min = codebook.min(dim=0).values.view(1, -1, 1, 1)
+        self.z_max = codebook.max(dim=0).values.view(1, -1, 1, 1)
+
+    device = SDVAEDecoder.device
+    dtype = SDVAEDecoder.dtype
+
+    def latent_shape(self, height: int, width: int) -> tuple[int, ...]:
+        _check_divisible(self.name, height, width, self.factor)
+        return (1, self.codebook.shape[1], height // self.factor, width // self.factor)
+
+    def init_latent(self, height: int, width: int, generator: torch.Generator) -> torch.Tensor:
+        _, channels, h, w = self.latent_shape(height, width)
+        codes = torch.randint(0, self.codebook.shape[0], (h * w,), generator=generator)
+        return self.codebook[codes].T.reshape(1, channels, h, w).contiguous()
+
+    def decode(self, z: torch.Tensor) -> torch.Tensor:
+        x = self.model.decode(z.to(self.device, self.dtype)).sample
+        return clamp_with_grad((x.float() + 1) / 2)
+
+    def project_(self, z: torch.Tensor) -> None:
+        z.copy_(torch.maximum(torch.minimum(z, self.z_max.to(z.device)), self.z_min.to(z.device)))
+
+
+def _check_divisible(name: str, height: int, width: int, factor: int) -> None:
+    if height % factor or width % factor or height <= 0 or width <= 0:
+        raise ValueError(f"decoder {name}: height and width must be positive multiples of {factor}, "
+                         f"got {height}x{width}")
+
+
+def as_decoder(model):
+    """A decoder wrapper (returned as is), an AutoencoderKL or a VQModel -> decoder wrapper."""
+    if isinstance(model, (SDVAEDecoder, VQModelDecoder)):
+        return model
+    from diffusers import AutoencoderKL, VQModel
+
+    if isinstance(model, VQModel):
+        return VQModelDecoder(model)
+    if isinstance(model, AutoencoderKL):
+        return SDVAEDecoder(model)
+    raise TypeError(f"no TCIG decoder for {type(model).__name__}; expected AutoencoderKL or VQModel")
+
+
+def load_vqmodel(source: str, device: str = "cpu", dtype: torch.dtype = torch.float32,
+                 subfolder: str = "", offline: bool = True):
+    """A diffusers VQModel from a local folder (or, with offline false or a filled cache, a
+    hub id), on `device` in `dtype`. Raises ModelNotFoundError when it cannot be found."""
+    from diffusers import VQModel
+
+    if not source:
+        raise ModelNotFoundError("TCIG decoder 'vqmodel' needs params.decoder_path: a diffusers VQModel "
+                                 "folder (config.json + weights)")
+    path = Path(source).expanduser()
+    folder = path / subfolder if subfolder else path
+    if path.exists() and not (folder / "config.json").is_file():
+        raise ModelNotFoundError(f"TCIG decoder_path {folder} has no config.json; it is not a diffusers "
+                                 f"VQModel folder")
+    try:
+        model = VQModel.from_pretrained(str(path) if path.exists() else source,
+                                        subfolder=subfolder or None, dtype=dtype,
+                                        local_files_only=offline or path.exists())
+    except (OSError, ValueError) as exc:
+        raise ModelNotFoundError(f"TCIG decoder_path '{source}' (subfolder '{subfolder}') is not an available "
+                                 f"diffusers VQModel: {exc}") from exc
+    return model.to(device).eval().requires_grad_(False)
+
+
+def build_decoder(params: dict, sd_pipe=None, device: str = "cpu", dtype: torch.dtype = torch.float32,
+                  offline: bool = True):
+    """The stage-1 decoder that params["decoder"] names: "sd_vae" -> sd_pipe.vae,
+    "vqmodel" -> the VQModel at params["decoder_path"] (load_vqmodel)."""
+    kind = params.get("decoder", "sd_vae")
+    if kind == "sd_vae":
+        if sd_pipe is None:
+            raise ValueError("decoder sd_vae needs the SD pipeline")
+        return SDVAEDecoder(sd_pipe.vae)
+    if kind == "vqmodel":
+        return VQModelDecoder(load_vqmodel(params.get("decoder_path", ""), device, dtype,
+                                           params.get("decoder_subfolder", ""), offline))
+    raise ValueError(f"unknown TCIG decoder '{kind}' (decoders: {', '.join(DECODERS)})")
+
+
+# --- stage 1 ------------------------------------------------------------------------------
+
+def clip_input(clip) -> tuple[tuple[int, int], tuple, tuple]:
+    """((height, width), mean, std) of a ClipModel's image input."""
+    visual = clip.model.visual
+    size = getattr(visual, "image_size", None)
+    mean, std = getattr(visual, "image_mean", None), getattr(visual, "image_std", None)
+    for t in getattr(clip.preprocess, "transforms", []):
+        if mean is None and type(t).__name__ == "Normalize":
+            mean, std = t.mean, t.std
+        if size is None and type(t).__name__ == "CenterCrop":
+            size = t.size
+    if size is None:
+        raise ValueError("cannot tell the CLIP model's input size")
+    size = (size, size) if isinstance(size, int) else tuple(size)
+    return (int(size[0]), int(size[-1])), tuple(mean or CLIP_MEAN), tuple(std or CLIP_STD)
+
+
+def make_cutouts(image: torch.Tensor, cut_size: tuple[int, int], cutn: int, cut_pow: float,
+                 generator: torch.Generator) -> torch.Tensor:
+    """VQGAN+CLIP's MakeCutouts: `cutn` random square crops of [1, 3, H, W], side
+    rand() ** cut_pow * (max - min) + min with max = min(H, W), min = min(H, W, cut size),
+    each resized to cut_size (bilinear, antialiased when shrinking). -> [cutn, 3, *cut_size]."""
+    _, _, height, width = image.shape
+    max_size = min(height, width)
+    min_size = min(height, width, *cut_size)
+    cuts = []
+    for _ in range(cutn):
+        size = int(torch.rand((), generator=generator) ** cut_pow * (max_size - min_size) + min_size)
+        x = int(torch.randint(0, width - size + 1, (), generator=generator))
+        y = int(torch.randint(0, height - size + 1, (), generator=generator))
+        cut = image[:, :, y:y + size, x:x + size]
+        cuts.append(F.interpolate(cut, size=cut_size, mode="bilinear", align_corners=False,
+                                  antialias=size > min(cut_size)))
+    return torch.cat(cuts)
+
+
+def spherical_distance(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """2 * arcsin(|a - b| / 2) ** 2 of L2-normalised embeddings (VQGAN+CLIP's Prompt loss),
+    a [N, D] against b [1, D] -> [N]."""
+    a, b = F.normalize(a, dim=-1), F.normalize(b, dim=-1)
+    return (a - b).norm(dim=-1).div(2).clamp(max=1).arcsin().pow(2).mul(2)
+
+
+def resize_mask(mask, height: int, width: int) -> np.ndarray:
+    """bool [height, width]: a bool/0-1 mask [h, w] resized with nearest neighbour."""
+    array = np.asarray(mask.cpu() if isinstance(mask, torch.Tensor) else mask).astype(bool)
+    if array.shape == (height, width):
+        return array
+    image = Image.fromarray(array.astype(np.uint8) * 255).resize((width, height), Image.NEAREST)
+    return np.asarray(image) > 0
+
+
+def seg_weights(seg_weight, classes: list[int]) -> list[float]:
+    """Weight of each target class: one number for all, or a dict keyed by VOC/COCO class
+    name or index, with an optional "default" (1.0 when absent) for classes not listed."""
+    if not isinstance(seg_weight, dict):
+        return [float(seg_weight)] * len(classes)
+    by_class, default = {}, 1.0
+    for key, value in seg_weight.items():
+        if key == "default":
+            default = float(value)
+        else:
+            by_class[voc_index(key)] = float(value)
+    return [by_class.get(c, default) for c in classes]
+
+
+def _targets(target_masks: dict, height: int, width: int, device) -> tuple[list[int], torch.Tensor]:
+    classes, masks = [], []
+    for key, mask in target_masks.items():
+        index = voc_index(key)
+        if index in classes:
+            raise ValueError(f"target class {VOC_CLASSES[index]} is given twice")
+        if np.asarray(mask.cpu() if isinstance(mask, torch.Tensor) else mask).shape != (height, width):
+            log.warning("target mask of class %s is %s, resized (nearest) to %dx%d",
+                        VOC_CLASSES[index], tuple(np.shape(mask)), height, width)
+        classes.append(index)
+        masks.append(torch.from_numpy(resize_mask(mask, height, width)).float())
+    stacked = torch.stack(masks) if masks else torch.zeros(0, height, width)
+    return classes, stacked.to(device)
+
+
+def stage1(decoder, clip, deeplab, prompt: str, target_masks: dict, params: dict,
+           seed: int) -> tuple[Image.Image, list[dict]]:
+    """Optimise the decoder latent for `prompt` and `target_masks` ({VOC class index or
+    name: bool mask [H, W]}, resized to the image size if needed); returns the image
+    decoded from the final latent and the loss history.
+
+    params: height, width, iterations, lr, cutouts, cut_pow, clip_weight, seg_weight.
+    The latent's initial value and every cutout come from torch.Generator("cpu")
+    .manual_seed(seed). The history has iterations + 1 entries: entry i is the loss of
+    the latent after i AdamW steps (the last one is the returned image's) with keys
+    step, loss (the total), clip (unweighted), seg (the weighted sum of the mask terms)
+    and seg_<voc class> (each class's unweighted MSE).
+    """
+    decoder = as_decoder(decoder)
+    height, width = int(params["height"]), int(params["width"])
+    device = decoder.device
+    generator = torch.Generator("cpu").manual_seed(int(seed))
+    z = decoder.init_latent(height, width, generator).float().to(device).requires_grad_(True)
+    optimizer = torch.optim.AdamW([z], lr=float(params["lr"]))
+
+    text = clip.encode_texts([prompt]).to(device)  # [1, D], L2-normalised
+    cut_size, mean, std = clip_input(clip)
+    mean = torch.tensor(mean, device=device).view(1, 3, 1, 1)
+    std = torch.tensor(std, device=device).view(1, 3, 1, 1)
+    clip_dtype = next(clip.model.parameters()).dtype
+    classes, masks = _targets(target_masks, height, width, device)
+    weights = torch.tensor(seg_weights(params["seg_weight"], classes), device=device)
+    clip_weight = float(params["clip_weight"])
+    names = [VOC_CLASSES[c] for c in classes]
+
+    def losses(image):
+        cuts = make_cutouts(image, cut_size, int(params["cutouts"]), float(params["cut_pow"]), generator)
+        embeds = clip.model.encode_image(((cuts - mean) / std).to(clip_dtype)).float()
+        clip_loss = spherical_distance(embeds, text).mean()
+        loss = clip_weight * clip_loss
+        mse = torch.zeros(0, device=device)
+        if classes:
+            probs = segment_probs(deeplab, image)[0, classes]          # [K, H, W]
+            mse = (probs - masks).pow(2).mean(dim=(1, 2))               # [K]
+            seg = (weights * mse).sum()
+            loss = loss + seg
+        else:
+            seg = torch.zeros((), device=device)
+        return loss, clip_loss, seg, mse
+
+    history = []
+    iterations = int(params["iterations"])
+    for step in range(iterations + 1):
+        final = step == iterations
+        with torch.set_grad_enabled(not final):
+            image = decoder.decode(z)
+            loss, clip_loss, seg, mse = losses(image)
+        entry = {"step": step, "loss": loss.item(), "clip": clip_loss.item(), "seg": seg.item()}
+        entry.update({f"seg_{name}": v for name, v in zip(names, mse.tolist())})
+        history.append(entry)
+        if final:
+            break
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        with torch.no_grad():
+            decoder.project_(z)
+        if (step + 1) % 50 == 0:
+            log.debug("stage 1 step %d/%d: loss %.4f", step + 1, iterations, entry["loss"])
+    return to_pil(image), history
+
+
+def to_pil(image: torch.Tensor) -> Image.Image:
+    """[1, 3, H, W] in [0, 1] -> RGB PIL image."""
+    array = (image[0].detach().float().clamp(0, 1).permute(1, 2, 0).cpu().numpy() * 255).round()
+    return Image.fromarray(array.astype(np.uint8))
+
+
+# --- stage 2 ------------------------------------------------------------------------------
+
+def build_img2img(pipe):
+    """A StableDiffusionImg2ImgPipeline sharing the modules of an SD pipeline (no copy) and
+    its scheduler; an img2img pipeline is returned as is."""
+    from diffusers import StableDiffusionImg2ImgPipeline
+
+    if isinstance(pipe, StableDiffusionImg2ImgPipeline):
+        return pipe
+    components = {k: v for k, v in pipe.components.items() if k in (
+        "vae", "text_encoder", "tokenizer", "unet", "scheduler", "feature_extractor", "image_encoder")}
+    img2img = StableDiffusionImg2ImgPipeline(**components, safety_checker=None, requires_safety_checker=False)
+    img2img.set_progress_bar_config(disable=True)
+    return img2img
+
+
+@torch.inference_mode()
+def stage2(pipe, image: Image.Image, prompt: str, strength: float, params: dict, seed: int) -> Image.Image:
+    """SD img2img of the stage-1 image: `strength` of the `num_inference_steps` schedule
+    is re-noised and denoised (guidance_scale, negative_prompt from params), noise from
+    torch.Generator("cpu").manual_seed(seed). Prompts are encoded in 77-token chunks
+    (never truncated). strength 0 returns a copy of `image`. Keeps the image size
+    (a multiple of 8)."""
+    from .sd import encode_prompts
+
+    strength = float(strength)
+    if not 0 <= strength <= 1:
+        raise ValueError(f"stage2_strength must be in [0, 1], got {strength}")
+    if strength == 0:
+        return image.copy()
+    steps = int(params["num_inference_steps"])
+    if int(steps * strength) < 1:
+        raise ValueError(f"stage2_strength {strength} x num_inference_steps {steps} leaves no denoising step")
+    img2img = build_img2img(pipe)
+    positive, negative = encode_prompts(img2img, [prompt], params.get("negative_prompt", ""),
+                                        img2img.device)[prompt]
+    return img2img(prompt_embeds=positive, negative_prompt_embeds=negative, image=image.convert("RGB"),
+                   strength=strength, num_inference_steps=steps, guidance_scale=float(params["guidance_scale"]),
+                   generator=torch.Generator("cpu").manual_seed(int(seed)), output_type="pil").images[0]
+
+
+# --- inputs -------------------------------------------------------------------------------
+
+def read_inputs(inputs_csv) -> pd.DataFrame:
+    """The shard's input table: item_id, prompt and either `masks` (explicit mask files) or
+    `annotation_file` (COCO items: masks from the instance annotations). class_name and
+    image are optional (copied to the manifest)."""
+    path = Path(inputs_csv)
+    if not path.is_file():
+        raise InputError(f"TCIG inputs table {path} does not exist")
+    frame = pd.read_csv(path, dtype={"item_id": str}, keep_default_na=False)
+    missing = [c for c in ("item_id", "prompt") if c not in frame.columns]
+    if missing:
+        raise InputError(f"TCIG inputs table {path} lacks column(s) {', '.join(missing)}")
+    if "masks" not in frame.columns and "annotation_file" not in frame.columns:
+        raise InputError(f"TCIG inputs table {path} needs a 'masks' column (JSON list of {{voc_class, path}}) "
+                         f"or COCO items with 'annotation_file'")
+    duplicated = frame["item_id"][frame["item_id"].duplicated()]
+    if len(duplicated):
+        raise InputError(f"TCIG inputs table {path}: item {duplicated.iloc[0]} is listed twice")
+    return frame
+
+
+def item_masks(row, base_dir: Path, height: int, width: int) -> dict[int, np.ndarray]:
+    """{VOC index: bool [height, width]} target masks of one input row (see read_inputs).
+
+    Explicit masks: `masks` is a JSON list of {"voc_class": VOC name, COCO name or index,
+    "path": mask image, relative to the inputs table's folder}; pixels > 0 are the class;
+    several masks of one class are united. COCO items: the union of the instance masks of
+    each category with a VOC counterpart; other categories are skipped. Masks of another
+    size are resized (nearest) with a warning. An unknown class, a missing or empty mask
+    raise InputError (COCO items: a class whose objects vanish in the resize is dropped
+    with a warning; an item left without a VOC object raises).
+    """
+    item = row["item_id"]
+    masks: dict[int, np.ndarray] = {}
+    explicit = "masks" in row.index and str(row["masks"]).strip() != ""
+    if not explicit and str(row.get("annotation_file", "")).strip() == "":
+        raise InputError(f"TCIG item {item}: no masks (empty 'masks' and no COCO 'annotation_file')")
+    if explicit:
+        for index, mask, what in _explicit_masks(row, base_dir):
+            if not mask.any():
+                raise InputError(f"TCIG item {item}: mask {what} of class {VOC_CLASSES[index]} is empty")
+            masks[index] = masks[index] | mask if index in masks else mask
+    else:
+        from ..data.coco import coco_object_masks
+
+        for category, mask in coco_object_masks(row["annotation_file"], item):
+            index = COCO_TO_VOC.get(category)
+            if index is None:
+                log.info("TCIG item %s: COCO category %s has no VOC class, skipped", item, category)
+                continue
+            masks[index] = masks[index] | mask if index in masks else mask
+        if not masks:
+            raise InputError(f"TCIG item {item}: no object of a COCO category with a VOC class "
+                             f"({', '.join(COCO_TO_VOC)})")
+    out = {}
+    for index, mask in masks.items():
+        if mask.shape != (height, width):
+            log.warning("TCIG item %s: mask of class %s is %dx%d, resized (nearest) to %dx%d",
+                        item, VOC_CLASSES[index], mask.shape[1], mask.shape[0], width, height)
+        resized = resize_mask(mask, height, width)
+        if not resized.any():
+            message = (f"TCIG item {item}: mask of class {VOC_CLASSES[index]} is empty after resizing "
+                       f"from {mask.shape[1]}x{mask.shape[0]} to {width}x{height}")
+            if explicit:
+                raise InputError(message)
+            log.warning("%s: class dropped", message)
+            continue
+        out[index] = resized
+    if not out:
+        raise InputError(f"TCIG item {item}: every target mask is empty at {width}x{height}")
+    return out
+
+
+def _explicit_masks(row, base_dir: Path):
+    item = row["item_id"]
+    try:
+        entries = json.loads(row["masks"])
+    except json.JSONDecodeError as exc:
+        raise InputError(f"TCIG item {item}: masks is not valid JSON ({exc.msg})") from None
+    if not isinstance(entries, list) or not entries:
+        raise InputError(f"TCIG item {item}: masks must be a non-empty JSON list of {{voc_class, path}}")
+    for entry in entries:
+        if not isinstance(entry, dict) or "voc_class" not in entry or "path" not in entry:
+            raise InputError(f"TCIG item {item}: mask entry {entry!r} needs voc_class and path")
+        try:
+            index = voc_index(entry["voc_class"])
+        except KeyError as exc:
+            raise InputError(f"TCIG item {item}: unknown class {entry['voc_class']!r}: {exc.args[0]}") from None
+        if index == 0:
+            raise InputError(f"TCIG item {item}: class {entry['voc_class']!r} is the background, not an object")
+        path = Path(entry["path"])
+        path = path if path.is_absolute() else base_dir / path
+        if not path.is_file():
+            raise InputError(f"TCIG item {item}: mask {path} of class {VOC_CLASSES[index]} does not exist")
+        with Image.open(path) as image:
+            yield index, np.asarray(image.convert("L")) > 0, str(path)
+
+
+# --- one shard job ------------------------------------------------------------------------
+
+def run_shard(config: dict, sd_key: str, clip_key: str, deeplab_key: str, inputs_csv: str,
+              out_dir: str, params: dict) -> pd.DataFrame:
+    """One job: stage 1 + stage 2 for every input row (read_inputs) and sample.
+
+    Writes into out_dir (atomically): the final images `<item>_<sample:02d>.png`, the
+    stage-1 images `stage1/<item>_<sample:02d>.png` with their loss histories
+    `stage1/<item>_<sample:02d>_loss.csv`, the target masks at the image size
+    `masks/<item>_<voc class>.png`, params.json, and manifest.csv last.
+    """
+    inputs_csv = Path(inputs_csv)
+    inputs = read_inputs(inputs_csv)
+    height, width = int(params["height"]), int(params["width"])
+    for _, row in inputs.iterrows():  # every mask checked before any model is loaded
+        item_masks(row, inputs_csv.parent, height, width)
+    device = resolve_device(config)
+    dtype = resolve_dtype(config, device)
+    offline = config.get("hub_offline", True)
+    n = int(params.get("samples_per_item", 1))
+    models = {key: config["models"][key] for key in (sd_key, clip_key, deeplab_key)}
+    if params.get("decoder") == "vqmodel":
+        models["decoder"] = {"kind": "vqmodel", "source": params.get("decoder_path", ""),
+                             "subfolder": params.get("decoder_subfolder", "")}
+    with io.atomic_dir(out_dir) as tmp:
+        records = []
+        if len(inputs):
+            pipe = load_model(config, sd_key, device=device, dtype=dtype)
+            clip = load_model(config, clip_key, device=device, dtype=dtype)
+            deeplab = load_model(config, deeplab_key, device=device, dtype=dtype)
+            decoder = build_decoder(params, pipe, device, dtype, offline)
+            img2img = build_img2img(pipe)
+            (tmp / STAGE1_DIR).mkdir()
+            (tmp / MASK_DIR).mkdir()
+            for k, (_, row) in enumerate(inputs.iterrows()):
+                safe = io.safe_name(row["item_id"])
+                masks = item_masks(row, inputs_csv.parent, height, width)
+                mask_files = []
+                for index, mask in masks.items():
+                    name = f"{MASK_DIR}/{safe}_{VOC_CLASSES[index]}.png"
+                    io.save_image(tmp / name, Image.fromarray(mask.astype(np.uint8) * 255))
+                    mask_files.append({"voc_class": VOC_CLASSES[index], "path": name})
+                for sample in range(n):
+                    seed = int(params["seed"]) + sample
+                    stem = f"{safe}_{sample:02d}"
+                    first, history = stage1(decoder, clip, deeplab, row["prompt"], masks, params, seed)
+                    io.save_image(tmp / STAGE1_DIR / f"{stem}.png", first)
+                    io.write_csv(tmp / STAGE1_DIR / f"{stem}_loss.csv", pd.DataFrame(history))
+                    final = stage2(img2img, first, row["prompt"], params["stage2_strength"], params, seed)
+                    io.save_image(tmp / f"{stem}.png", final)
+                    records.append({
+                        "item_id": row["item_id"], "sample": sample, "image": f"{stem}.png",
+                        "prompt": row["prompt"], "seed": seed, "class_name": row.get("class_name", ""),
+                        "source_image": row.get("image", ""), "stage1_image": f"{STAGE1_DIR}/{stem}.png",
+                        "stage1_final_loss": history[-1]["loss"], "masks": json.dumps(mask_files)})
+                log.info("TCIG: %d/%d items done", k + 1, len(inputs))
+        manifest = pd.DataFrame(records, columns=MANIFEST_COLUMNS)
+        io.write_json(tmp / "params.json", io.provenance(
+            method="tcig", params=params, model=models, device=device, dtype=str(dtype),
+            text_handling={"stage1_clip": "open_clip tokenizer (truncated at its context length)",
+                           "stage2_sd": TEXT_HANDLING},
+            torch_threads=torch.get_num_threads(), n_items=len(inputs)))
+        io.write_csv(tmp / "manifest.csv", manifest)
+    return manifest
