@@ -104,6 +104,9 @@ METHOD_MODEL_KINDS = {
     "controlnet": ("sd",),
     "retrieval": ("text_embedder", "open_clip"),
     "select": ("open_clip",),
+    "sdedit": ("sd",),
+    "gradop": ("sd",),
+    "tcig": ("sd",),
 }
 
 
@@ -175,6 +178,11 @@ def check_references(config: dict) -> None:
                 if key not in method:
                     raise ConfigError(f"{where}: a controlnet method needs '{key}'")
             _check_model(config, method["controlnet"], f"{where}.controlnet", ("controlnet",))
+        if kind == "tcig":
+            for key, model_kind in (("clip", "open_clip"), ("segmenter", "deeplabv3")):
+                if key not in method:
+                    raise ConfigError(f"{where}: a tcig method needs '{key}'")
+                _check_model(config, method[key], f"{where}.{key}", (model_kind,))
         if kind == "select" and not method.get("candidates"):
             raise ConfigError(f"{where}: a select method needs 'candidates'")
         for key in ("base", "candidates"):
@@ -197,10 +205,22 @@ def check_references(config: dict) -> None:
     clip = config.get("evaluation", {}).get("clip")
     if clip:
         _check_model(config, clip["model"], "evaluation.clip.model", ("open_clip",))
-        if clip["prompts"] not in prompts:
-            raise ConfigError(f"evaluation.clip.prompts: unknown prompt set '{clip['prompts']}'")
+        used = {dataset for method in methods.values() for dataset in method["datasets"]}
+        for dataset in sorted(used):
+            prompt_set = evaluation_prompts(config, dataset)
+            if prompt_set not in prompts:
+                raise ConfigError(f"evaluation.clip.prompts: unknown prompt set '{prompt_set}' "
+                                  f"(for dataset {dataset})")
     for row, ref in (config.get("report", {}).get("paper_rows") or {}).items():
         resolve_ref(config, ref, f"report.paper_rows.{row}")
+
+
+def evaluation_prompts(config: dict, dataset: str) -> str | None:
+    """The prompt set t_sim scores a dataset's images against."""
+    prompts = config["evaluation"]["clip"]["prompts"]
+    if isinstance(prompts, str):
+        return prompts
+    return prompts.get(dataset, prompts.get("default"))
 
 
 def _check_no_cycles(config: dict) -> None:

@@ -39,7 +39,7 @@ wildcard_constraints:
     method=r"[A-Za-z][A-Za-z0-9_]*",
     prompt_set=r"[A-Za-z][A-Za-z0-9_]*",
     model=r"[A-Za-z][A-Za-z0-9_]*",
-    fmt=r"cub|flowers|coco",
+    fmt=r"cub|flowers|coco|strokes",
     paramset=r"[^/]+",
     shard=r"\d{3}",
 
@@ -87,13 +87,16 @@ def kinds_regex(section, kind):
 
 def method_model_inputs(wildcards):
     method = CONFIG["methods"][wildcards.method]
-    return model_inputs(CONFIG, *[method[k] for k in ("model", "controlnet") if k in method])
+    return model_inputs(CONFIG, *[method[k] for k in MODEL_SETTINGS if k in method])
+
+
+MODEL_SETTINGS = ("model", "controlnet", "clip", "segmenter")  # method keys that name models
 
 
 def method_models(wildcards):
     """The model entries a method's job loads (so the params trigger sees them)."""
     method = CONFIG["methods"][wildcards.method]
-    return {method[k]: CONFIG["models"][method[k]] for k in ("model", "controlnet") if k in method}
+    return {method[k]: CONFIG["models"][method[k]] for k in MODEL_SETTINGS if k in method}
 
 
 def method_input_dirs(wildcards):
@@ -164,11 +167,14 @@ def method_prompts(wildcards):
 def all_metric_shards(wildcards):
     for dataset in sorted({dataset for dataset, _, _ in method_runs()}):
         after_items(dataset)
-    return [
-        f"{RESULTS}/metrics/{dataset}/{method}/{paramset}/clip/shard-{shard}.csv"
-        for dataset, method, paramset in method_runs()
-        for shard in SHARDS
-    ]
+    files = []
+    for dataset, method, paramset in method_runs():
+        metrics = ["clip"]
+        if CONFIG["methods"][method]["kind"] in ("sdedit", "gradop"):
+            metrics.append("faithfulness")
+        files += [f"{RESULTS}/metrics/{dataset}/{method}/{paramset}/{metric}/shard-{shard}.csv"
+                  for metric in metrics for shard in SHARDS]
+    return files
 
 
 def retrieval_inputs(wildcards):
@@ -208,7 +214,7 @@ def clip_similarity_inputs(wildcards):
     return {
         "images": clip_images_cache(model, dataset, wildcards.method, wildcards.paramset, shard),
         "real": clip_real_cache(model, dataset, shard),
-        "text": clip_prompts_cache(model, dataset, CLIP_EVAL["prompts"], shard),
+        "text": clip_prompts_cache(model, dataset, cb_config.evaluation_prompts(CONFIG, dataset), shard),
     }
 
 

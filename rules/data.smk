@@ -10,7 +10,7 @@ rule toy_data:
         options=lambda wc: {
             "seed": CONFIG["toy"]["seed"],
             "image_size": CONFIG["toy"]["image_size"],
-            **CONFIG["toy"][wc.fmt],
+            **CONFIG["toy"].get(wc.fmt, {}),
         },
     conda:
         CONDA_ENV

@@ -78,3 +78,24 @@ rule clip_similarity:
         f"{RESULTS}/logs/clip_similarity/{{dataset}}/{{method}}/{{paramset}}/shard-{{shard}}.log",
     script:
         "../scripts/clip_similarity.py"
+
+
+# Faithfulness to the strokes (GradOP+): MSE between the blurred output and the painting.
+rule faithfulness:
+    input:
+        images=shard_images,
+        inputs=method_prompts,
+    output:
+        f"{RESULTS}/metrics/{{dataset}}/{{method}}/{{paramset}}/faithfulness/shard-{{shard}}.csv",
+    params:
+        # The same painting function for every method, so SDEdit and GradOP+ compare.
+        kernel=CONFIG["evaluation"].get("faithfulness", {}).get("blur_kernel", 35),
+        sigma=CONFIG["evaluation"].get("faithfulness", {}).get("blur_sigma", 7.0),
+    wildcard_constraints:
+        method="|".join(kinds_regex("methods", kind) for kind in ("sdedit", "gradop")),
+    conda:
+        CONDA_ENV
+    log:
+        f"{RESULTS}/logs/faithfulness/{{dataset}}/{{method}}/{{paramset}}/shard-{{shard}}.log",
+    script:
+        "../scripts/faithfulness.py"

@@ -49,3 +49,56 @@ rule regenerate_controlnet:
         f"{RESULTS}/logs/generate/{{dataset}}/{{method}}/{{paramset}}/shard-{{shard}}.log",
     script:
         "../scripts/regenerate_controlnet.py"
+
+
+# Guided synthesis (GradOP+ paper): SDEdit and GradOP+ on stroke paintings. Their input
+# is the prompts shard, whose `image` column is the item's painting.
+rule guided_synthesis:
+    input:
+        prompts=method_prompts,
+        model=method_model_inputs,
+    output:
+        directory(images_dir("{dataset}", "{method}", "{paramset}", "{shard}")),
+    params:
+        kind=lambda wc: CONFIG["methods"][wc.method]["kind"],
+        params=paramset_params,
+        model_key=lambda wc: CONFIG["methods"][wc.method]["model"],
+        models=method_models,
+        runtime=runtime(),
+    wildcard_constraints:
+        method="|".join(kinds_regex("methods", kind) for kind in ("sdedit", "gradop")),
+    resources:
+        gpu=1,
+    conda:
+        CONDA_ENV
+    log:
+        f"{RESULTS}/logs/generate/{{dataset}}/{{method}}/{{paramset}}/shard-{{shard}}.log",
+    script:
+        "../scripts/guided_synthesis.py"
+
+
+# TCIG: stage 1 (decoder latent optimised for CLIP + segmentation masks), stage 2 img2img.
+# Its input is a caption-prompts shard, which keeps the COCO objects of each item.
+rule generate_tcig:
+    input:
+        prompts=method_prompts,
+        model=method_model_inputs,
+    output:
+        directory(images_dir("{dataset}", "{method}", "{paramset}", "{shard}")),
+    params:
+        params=paramset_params,
+        sd_key=lambda wc: CONFIG["methods"][wc.method]["model"],
+        clip_key=lambda wc: CONFIG["methods"][wc.method]["clip"],
+        segmenter_key=lambda wc: CONFIG["methods"][wc.method]["segmenter"],
+        models=method_models,
+        runtime=runtime(),
+    wildcard_constraints:
+        method=kinds_regex("methods", "tcig"),
+    resources:
+        gpu=1,
+    conda:
+        CONDA_ENV
+    log:
+        f"{RESULTS}/logs/generate/{{dataset}}/{{method}}/{{paramset}}/shard-{{shard}}.log",
+    script:
+        "../scripts/generate_tcig.py"

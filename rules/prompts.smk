@@ -44,3 +44,21 @@ rule llm_prompts:
         f"{RESULTS}/logs/prompts/{{dataset}}/{{prompt_set}}/shard-{{shard}}.log",
     script:
         "../scripts/llm_prompts.py"
+
+
+# The item's own caption as its prompt (stroke paintings, COCO); keeps every item column.
+rule caption_prompts:
+    input:
+        shard=shard_items,
+    output:
+        prompts_shard("{dataset}", "{prompt_set}", "{shard}"),
+    params:
+        prompt=lambda wc: CONFIG["prompts"][wc.prompt_set],
+    wildcard_constraints:
+        prompt_set=kinds_regex("prompts", "caption"),
+    conda:
+        CONDA_ENV
+    log:
+        f"{RESULTS}/logs/prompts/{{dataset}}/{{prompt_set}}/shard-{{shard}}.log",
+    script:
+        "../scripts/caption_prompts.py"

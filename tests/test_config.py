@@ -57,6 +57,11 @@ def test_default_config_is_valid_and_defaults_are_filled(default_config):
     (lambda c: c["prompts"]["llm"].update(model="sd"), "expected causal_lm"),
     (lambda c: c["prompts"]["llm"].update(base_url="localhost:8080"), "prompts.llm.base_url"),
     (lambda c: c["report"]["paper_rows"].update({"retrieval": "nope"}), "unknown method 'nope'"),
+    (lambda c: c["methods"]["tcig"].pop("segmenter"), "needs 'segmenter'"),
+    (lambda c: c["methods"]["tcig"].update(clip="deeplab"), "expected open_clip"),
+    (lambda c: c["methods"]["gradop"]["params"].update(grad_steps=3), "grad_steps"),
+    (lambda c: c["evaluation"]["clip"].update(prompts={"cub": "template"}), "for dataset"),
+    (lambda c: c["datasets"]["strokes"].update(format="paintings"), "datasets.strokes.format"),
 ])
 def test_bad_config_names_the_key(default_config, mutate, fragment):
     mutate(default_config)

@@ -13,6 +13,7 @@ INDEX_FILES = {
             "classes.txt", "attributes/image_attribute_labels.txt"),
     "flowers": ("imagelabels.mat", "setid.mat"),
     "coco": ("annotations/instances_val2017.json", "annotations/instances_train2017.json"),
+    "strokes": ("prompts.csv",),
 }
 
 

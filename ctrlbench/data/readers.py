@@ -26,6 +26,7 @@ _READERS = {
     "cub": ("ctrlbench.data.cub", "read_cub", "test"),
     "flowers": ("ctrlbench.data.flowers", "read_flowers", "test"),
     "coco": ("ctrlbench.data.coco", "read_coco", "val"),
+    "strokes": ("ctrlbench.data.strokes", "read_strokes", "test"),
 }
 
 ITEM_ID_PATTERN = re.compile(r"^[A-Za-z0-9._-]+$")

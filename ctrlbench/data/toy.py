@@ -45,10 +45,26 @@ RGB = {
 
 def make_toy(dataset_format: str, root, **kwargs) -> Path:
     """Write the toy copy of `dataset_format` ("cub" | "flowers" | "coco") at `root`."""
-    makers = {"cub": make_toy_cub, "flowers": make_toy_flowers, "coco": make_toy_coco}
+    makers = {"cub": make_toy_cub, "flowers": make_toy_flowers, "coco": make_toy_coco, "strokes": make_toy_strokes_dataset}
     if dataset_format not in makers:
         raise DatasetError(f"unknown dataset format {dataset_format!r}; expected one of {sorted(makers)}")
     return makers[dataset_format](root, **kwargs)
+
+
+def make_toy_strokes_dataset(root, n_images: int = 4, image_size: int = 64, seed: int = 0) -> Path:
+    """Toy stroke paintings (GradOP's layout): flat-colour, blurred versions of toy CUB
+    test images, each with the prompt "a photo of a <class>"."""
+    import tempfile
+
+    from .cub import read_cub
+    from .strokes import make_toy_strokes as paint
+
+    with tempfile.TemporaryDirectory() as tmp:
+        make_toy_cub(tmp, n_classes=max(1, (n_images + 1) // 2), train_per_class=1, test_per_class=2,
+                     image_size=image_size, seed=seed)
+        sources = read_cub(tmp, "test").head(n_images)
+        return paint(root, sources["image"].tolist(), [f"a photo of a {c}" for c in sources["class_name"]],
+                     image_size=image_size)
 
 
 # --- CUB-200-2011 ---------------------------------------------------------------------------

@@ -43,3 +43,21 @@ def template_prompts_for_shard(items_csv: str, out_csv: str, prompt_cfg: dict, d
     frame = pd.DataFrame(rows, columns=["item_id", "prompt", "class_name", "image"])
     io.write_csv(out_csv, frame)
     return frame
+
+
+def caption_prompts_for_shard(items_csv: str, out_csv: str, prompt_cfg: dict) -> pd.DataFrame:
+    """The item's own caption as its prompt (stroke paintings, COCO). Every item column is
+    kept, so methods that need more than the prompt (TCIG's COCO objects) read this file."""
+    items = shards.read_shard(items_csv)
+    index = prompt_cfg.get("caption_index", 0)
+    prompts = []
+    for item in items.itertuples(index=False):
+        captions = json.loads(item.captions or "[]")
+        if len(captions) <= index or not str(captions[index]).strip():
+            raise InputError(f"item {item.item_id}: no caption #{index} to use as its prompt")
+        prompts.append(str(captions[index]).strip())
+    frame = items.assign(prompt=prompts)
+    front = ["item_id", "prompt", "class_name", "image"]
+    frame = frame[front + [c for c in frame.columns if c not in front]]
+    io.write_csv(out_csv, frame)
+    return frame

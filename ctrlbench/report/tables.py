@@ -45,6 +45,9 @@ def load_metric_files(files) -> pd.DataFrame:
     return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
 
 
+LOWER_IS_BETTER = {"faithfulness_mse"}  # best_of_n takes the minimum of these
+
+
 def _row(keys: dict, aggregate: str, values: np.ndarray) -> dict:
     low, high = bootstrap_ci(values)
     return {**keys, "aggregate": aggregate, "n": len(values), "mean": values.mean() if len(values) else float("nan"),
@@ -61,7 +64,9 @@ def summarize(per_image: pd.DataFrame) -> pd.DataFrame:
             keys = {"dataset": dataset, "method": method, "paramset": paramset, "metric": metric, "scale": scale}
             rows.append(_row(keys, "mean", group["value"].to_numpy()))
             if "sample" in group and group.groupby("item_id").size().max() > 1:
-                rows.append(_row(keys, "best_of_n", group.groupby("item_id")["value"].max().to_numpy()))
+                best = group.groupby("item_id")["value"]
+                best = best.min() if metric in LOWER_IS_BETTER else best.max()
+                rows.append(_row(keys, "best_of_n", best.to_numpy()))
     table = pd.DataFrame(rows)
     extra = sorted(set(table.columns) - set(SUMMARY_COLUMNS)) if len(table) else []
     return table.reindex(columns=SUMMARY_COLUMNS + extra)
