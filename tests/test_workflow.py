@@ -257,7 +257,7 @@ def test_guided_synthesis_sweep_and_tcig_in_the_demo(mmm2025_demo):
     workdir, config = mmm2025_demo
     results = workdir / "results"
     summary = pd.read_csv(results / "tables" / "summary.csv")
-    faith = summary[(summary.metric == "faithfulness_mse") & (summary.aggregate == "mean")]
+    faith = summary[(summary["metric"] == "faithfulness_mse") & (summary["aggregate"] == "mean")]
     gradop_sets = {p for p in faith[faith.method == "gradop"]["paramset"]}
     assert gradop_sets == {f"grad_steps_per_iter={g}__strength={s}" for g in (2, 6) for s in (0.6, 0.8)}
     assert set(faith[faith.method == "sdedit"]["paramset"]) == {"strength=0.6", "strength=0.8"}
