@@ -20,6 +20,8 @@ from typing import Any, Iterator
 
 import pandas as pd
 
+from .errors import InputError
+
 PROVENANCE_PACKAGES = (
     "ctrlbench", "torch", "torchvision", "diffusers", "transformers", "open-clip-torch",
     "torchmetrics", "snakemake", "numpy", "pandas", "pillow",
@@ -64,6 +66,19 @@ def save_image(path, image) -> None:
 
 
 _PIL_FORMATS = {".png": "PNG", ".jpg": "JPEG", ".jpeg": "JPEG"}
+
+
+def read_table(path, columns=(), what: str = "table") -> pd.DataFrame:
+    """A job's input CSV (item ids kept as strings), naming the file if it is missing
+    or lacks a required column."""
+    path = Path(path)
+    if not path.is_file():
+        raise InputError(f"{what} {path} does not exist")
+    frame = pd.read_csv(path, dtype={"item_id": str}, keep_default_na=False)
+    missing = [c for c in columns if c not in frame.columns]
+    if missing:
+        raise InputError(f"{what} {path} lacks column(s) {', '.join(missing)}")
+    return frame
 
 
 def package_versions(names=PROVENANCE_PACKAGES) -> dict[str, str | None]:

@@ -124,10 +124,6 @@ def _as_float32(x) -> np.ndarray:
 
 # --- tables -----------------------------------------------------------------------------------
 
-def read_table(path) -> pd.DataFrame:
-    return pd.read_csv(path, dtype={"item_id": str}, keep_default_na=False)
-
-
 def attribute_vectors(frame: pd.DataFrame, where: str) -> np.ndarray:
     """int8 [N, A] from the comma-joined attribute_vector column."""
     rows = []
@@ -214,7 +210,7 @@ def embed_gallery(config: dict, model_key: str, gallery_csv: str, out_npz: str,
     text), item_ids [G],
     text_source [G], model_key / model_kind / model_source (scalars). Returns a summary.
     """
-    gallery = read_table(gallery_csv)
+    gallery = io.read_table(gallery_csv, what="gallery table")
     if gallery.empty:
         raise InputError(f"retrieval: the gallery table {gallery_csv} has no items")
     texts, owners, caption_index, sources = gallery_texts(gallery)
@@ -263,8 +259,8 @@ def retrieve_shard(config: dict, model_key: str | None, params: dict, prompts_cs
     strategy = params.get("strategy")
     if strategy not in STRATEGIES:
         raise ConfigError(f"retrieval: unknown strategy {strategy!r}; expected one of {list(STRATEGIES)}")
-    gallery = read_table(gallery_csv)
-    prompts = read_table(prompts_csv)
+    gallery = io.read_table(gallery_csv, what="gallery table")
+    prompts = io.read_table(prompts_csv, what="prompts table")
     name = dataset or f"of {gallery_csv}"
     if gallery.empty:
         raise InputError(f"retrieval: the gallery table {gallery_csv} (dataset {name}) has no items")
@@ -316,7 +312,7 @@ def _attribute_for_prompts(prompts, gallery, items_csv, name) -> tuple[np.ndarra
     if items_csv is None:
         raise ConfigError("retrieval strategy 'attribute' needs items_csv (the query items with "
                           "their attribute_vector)")
-    items = read_table(items_csv)
+    items = io.read_table(items_csv, what="items table")
     if "attribute_vector" not in items.columns:
         raise InputError(f"retrieval strategy 'attribute': dataset {name} has no attribute vectors "
                          f"(no attribute_vector column in {items_csv}); use strategy: text")

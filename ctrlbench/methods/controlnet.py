@@ -170,16 +170,6 @@ def regenerate(pipe, base_images: list[Image.Image], prompts: list[str], params:
 
 # --- one shard job --------------------------------------------------------------------
 
-def _read_csv(path: Path, columns: list[str], what: str) -> pd.DataFrame:
-    if not path.is_file():
-        raise InputError(f"{what} {path} does not exist")
-    frame = pd.read_csv(path, dtype={"item_id": str}, keep_default_na=False)
-    missing = [c for c in columns if c not in frame.columns]
-    if missing:
-        raise InputError(f"{what} {path} lacks column(s) {', '.join(missing)}")
-    return frame
-
-
 def select_inputs(base: pd.DataFrame, prompts: pd.DataFrame, params: dict, base_dir: Path,
                   where: str = "base manifest") -> pd.DataFrame:
     """The first `base_samples` base images of each item (in base manifest order) joined
@@ -222,8 +212,8 @@ def run_shard(config: dict, sd_key: str, controlnet_key: str, base_dir: str, pro
     maps `canny/<item>_b<base sample>.png`, params.json, and manifest.csv last.
     """
     base_dir = Path(base_dir)
-    base = _read_csv(base_dir / "manifest.csv", BASE_COLUMNS, "base manifest")
-    prompts = _read_csv(Path(prompts_csv), PROMPT_COLUMNS, "prompts table")
+    base = io.read_table(base_dir / "manifest.csv", BASE_COLUMNS, "base manifest")
+    prompts = io.read_table(prompts_csv, PROMPT_COLUMNS, "prompts table")
     inputs = select_inputs(base, prompts, params, base_dir, where=str(base_dir / "manifest.csv"))
     device = resolve_device(config)
     dtype = resolve_dtype(config, device)

@@ -172,12 +172,7 @@ def sdedit(pipe, images: Sequence[Image.Image], prompts: Sequence[str], params: 
 def read_inputs(inputs_csv) -> pd.DataFrame:
     """A shard's inputs table: item_id, prompt, image (the stroke painting's path); class_name optional."""
     path = Path(inputs_csv)
-    if not path.is_file():
-        raise InputError(f"inputs table {path} does not exist")
-    inputs = pd.read_csv(path, dtype={"item_id": str}, keep_default_na=False)
-    missing = [c for c in INPUT_COLUMNS if c not in inputs.columns]
-    if missing:
-        raise InputError(f"inputs table {path} lacks column(s) {', '.join(missing)}")
+    inputs = io.read_table(path, INPUT_COLUMNS, "inputs table")
     if "class_name" not in inputs.columns:
         inputs["class_name"] = ""
     duplicated = sorted(set(inputs["item_id"][inputs["item_id"].duplicated()]))
