@@ -98,6 +98,54 @@ TCIG_DEFAULTS = {
     "samples_per_item": 1,
 }
 
+MULTIDIFFUSION_PANORAMA_DEFAULTS = {
+    # MultiDiffusion panorama (paper: SD 2.0 base, DDIM 50, 7.5, seed 0, 512x4608).
+    "num_inference_steps": 50,
+    "guidance_scale": 7.5,
+    "height": 512,
+    "width": 4608,
+    "window_size": 64,           # latent pixels (64 = 512 image pixels)
+    "stride": 8,                 # latent pixels between windows
+    "view_batch_size": 1,        # windows denoised in one UNet call
+    "seed": 0,
+    "negative_prompt": "",
+    "samples_per_prompt": 1,
+    "crop_size": 0,              # square crops for the metrics; 0 = the panorama height
+    "vae_tiling": False,         # decode the panorama in tiles (less memory at 512x4608)
+}
+
+MULTIDIFFUSION_REGIONS_DEFAULTS = {
+    # MultiDiffusion region-based generation: one prompt per mask + a background prompt.
+    "num_inference_steps": 50,
+    "guidance_scale": 7.5,
+    "height": 512,
+    "width": 512,
+    "window_size": 64,
+    "stride": 8,
+    "bootstrap_fraction": 0.2,   # bootstrapping during this fraction of the steps (paper: 20%)
+    "bootstrap_steps": -1,       # >= 0: this many steps instead (public code: 20 of 50); -1 = use the fraction
+    "n_backgrounds": 20,         # random constant-colour backgrounds used while bootstrapping
+    "region_prompt": "a {class}",      # prompt of each mask; {class} = its class name
+    "background_prompt": "{prompt}",   # {prompt} = the item's prompt (the COCO caption)
+    "seed": 0,
+    "negative_prompt": "",
+    "samples_per_item": 1,
+}
+
+REGION_BASELINE_DEFAULTS = {
+    # SI / BLD (MultiDiffusion's IoU table): generate the background prompt's image, then
+    # edit each mask in turn with its region prompt.
+    "num_inference_steps": 50,
+    "guidance_scale": 7.5,
+    "height": 512,
+    "width": 512,
+    "region_prompt": "a {class}",
+    "background_prompt": "{prompt}",
+    "seed": 0,
+    "negative_prompt": "",
+    "samples_per_item": 1,
+}
+
 METHOD_DEFAULTS = {
     "sd": SD_DEFAULTS,
     "controlnet": CONTROLNET_DEFAULTS,
@@ -106,4 +154,8 @@ METHOD_DEFAULTS = {
     "sdedit": SDEDIT_DEFAULTS,
     "gradop": GRADOP_DEFAULTS,
     "tcig": TCIG_DEFAULTS,
+    "multidiffusion_panorama": MULTIDIFFUSION_PANORAMA_DEFAULTS,
+    "multidiffusion_regions": MULTIDIFFUSION_REGIONS_DEFAULTS,
+    "si": REGION_BASELINE_DEFAULTS,
+    "bld": REGION_BASELINE_DEFAULTS,
 }

@@ -16,7 +16,6 @@ space, quantised with a straight-through estimator, as VQGAN+CLIP does).
 
 from __future__ import annotations
 
-import json
 import logging
 from pathlib import Path
 
@@ -28,10 +27,12 @@ from torch.nn import functional as F
 
 from .. import io
 from ..config import resolve_device, resolve_dtype
-from ..errors import InputError, ModelNotFoundError
+from ..errors import ModelNotFoundError
 from ..models.loaders import load_model
 from ..prompts.long_prompt import TEXT_HANDLING
-from .segmentation import COCO_TO_VOC, VOC_CLASSES, segment_probs, voc_index
+# read_inputs, item_masks and MASK_DIR are re-exported: TCIG's inputs are the shared region inputs.
+from .regions import MASK_DIR, check_all_masks, item_masks, read_inputs, resize_mask, save_item_masks  # noqa: F401
+from .segmentation import VOC_CLASSES, segment_probs, voc_index
 
 log = logging.getLogger(__name__)
 
@@ -61,7 +62,6 @@ TCIG_DEFAULTS = {
 MANIFEST_COLUMNS = ["item_id", "sample", "image", "prompt", "seed", "class_name", "source_image",
                     "stage1_image", "stage1_final_loss", "masks"]
 STAGE1_DIR = "stage1"
-MASK_DIR = "masks"
 DECODERS = ("sd_vae", "vqmodel")
 # OpenAI CLIP normalisation, used when the CLIP model does not say its own.
 CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
@@ -263,15 +263,6 @@ def spherical_distance(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     return (a - b).norm(dim=-1).div(2).clamp(max=1).arcsin().pow(2).mul(2)
 
 
-def resize_mask(mask, height: int, width: int) -> np.ndarray:
-    """bool [height, width]: a bool/0-1 mask [h, w] resized with nearest neighbour."""
-    array = np.asarray(mask.cpu() if isinstance(mask, torch.Tensor) else mask).astype(bool)
-    if array.shape == (height, width):
-        return array
-    image = Image.fromarray(array.astype(np.uint8) * 255).resize((width, height), Image.NEAREST)
-    return np.asarray(image) > 0
-
-
 def seg_weights(seg_weight, classes: list[int]) -> list[float]:
     """Weight of each target class: one number for all, or a dict keyed by VOC/COCO class
     name or index, with an optional "default" (1.0 when absent) for classes not listed."""
@@ -415,105 +406,6 @@ def stage2(pipe, image: Image.Image, prompt: str, strength: float, params: dict,
                    generator=torch.Generator("cpu").manual_seed(int(seed)), output_type="pil").images[0]
 
 
-# --- inputs -------------------------------------------------------------------------------
-
-def read_inputs(inputs_csv) -> pd.DataFrame:
-    """The shard's input table: item_id, prompt and either `masks` (explicit mask files) or
-    `annotation_file` (COCO items: masks from the instance annotations). class_name and
-    image are optional (copied to the manifest)."""
-    path = Path(inputs_csv)
-    if not path.is_file():
-        raise InputError(f"TCIG inputs table {path} does not exist")
-    frame = pd.read_csv(path, dtype={"item_id": str}, keep_default_na=False)
-    missing = [c for c in ("item_id", "prompt") if c not in frame.columns]
-    if missing:
-        raise InputError(f"TCIG inputs table {path} lacks column(s) {', '.join(missing)}")
-    if "masks" not in frame.columns and "annotation_file" not in frame.columns:
-        raise InputError(f"TCIG inputs table {path} needs a 'masks' column (JSON list of {{voc_class, path}}) "
-                         f"or COCO items with 'annotation_file'")
-    duplicated = frame["item_id"][frame["item_id"].duplicated()]
-    if len(duplicated):
-        raise InputError(f"TCIG inputs table {path}: item {duplicated.iloc[0]} is listed twice")
-    return frame
-
-
-def item_masks(row, base_dir: Path, height: int, width: int) -> dict[int, np.ndarray]:
-    """{VOC index: bool [height, width]} target masks of one input row (see read_inputs).
-
-    Explicit masks: `masks` is a JSON list of {"voc_class": VOC name, COCO name or index,
-    "path": mask image, relative to the inputs table's folder}; pixels > 0 are the class;
-    several masks of one class are united. COCO items: the union of the instance masks of
-    each category with a VOC counterpart; other categories are skipped. Masks of another
-    size are resized (nearest) with a warning. An unknown class, a missing or empty mask
-    raise InputError (COCO items: a class whose objects vanish in the resize is dropped
-    with a warning; an item left without a VOC object raises).
-    """
-    item = row["item_id"]
-    masks: dict[int, np.ndarray] = {}
-    explicit = "masks" in row.index and str(row["masks"]).strip() != ""
-    if not explicit and str(row.get("annotation_file", "")).strip() == "":
-        raise InputError(f"TCIG item {item}: no masks (empty 'masks' and no COCO 'annotation_file')")
-    if explicit:
-        for index, mask, what in _explicit_masks(row, base_dir):
-            if not mask.any():
-                raise InputError(f"TCIG item {item}: mask {what} of class {VOC_CLASSES[index]} is empty")
-            masks[index] = masks[index] | mask if index in masks else mask
-    else:
-        from ..data.coco import coco_object_masks
-
-        for category, mask in coco_object_masks(row["annotation_file"], item):
-            index = COCO_TO_VOC.get(category)
-            if index is None:
-                log.info("TCIG item %s: COCO category %s has no VOC class, skipped", item, category)
-                continue
-            masks[index] = masks[index] | mask if index in masks else mask
-        if not masks:
-            raise InputError(f"TCIG item {item}: no object of a COCO category with a VOC class "
-                             f"({', '.join(COCO_TO_VOC)})")
-    out = {}
-    for index, mask in masks.items():
-        if mask.shape != (height, width):
-            log.warning("TCIG item %s: mask of class %s is %dx%d, resized (nearest) to %dx%d",
-                        item, VOC_CLASSES[index], mask.shape[1], mask.shape[0], width, height)
-        resized = resize_mask(mask, height, width)
-        if not resized.any():
-            message = (f"TCIG item {item}: mask of class {VOC_CLASSES[index]} is empty after resizing "
-                       f"from {mask.shape[1]}x{mask.shape[0]} to {width}x{height}")
-            if explicit:
-                raise InputError(message)
-            log.warning("%s: class dropped", message)
-            continue
-        out[index] = resized
-    if not out:
-        raise InputError(f"TCIG item {item}: every target mask is empty at {width}x{height}")
-    return out
-
-
-def _explicit_masks(row, base_dir: Path):
-    item = row["item_id"]
-    try:
-        entries = json.loads(row["masks"])
-    except json.JSONDecodeError as exc:
-        raise InputError(f"TCIG item {item}: masks is not valid JSON ({exc.msg})") from None
-    if not isinstance(entries, list) or not entries:
-        raise InputError(f"TCIG item {item}: masks must be a non-empty JSON list of {{voc_class, path}}")
-    for entry in entries:
-        if not isinstance(entry, dict) or "voc_class" not in entry or "path" not in entry:
-            raise InputError(f"TCIG item {item}: mask entry {entry!r} needs voc_class and path")
-        try:
-            index = voc_index(entry["voc_class"])
-        except KeyError as exc:
-            raise InputError(f"TCIG item {item}: unknown class {entry['voc_class']!r}: {exc.args[0]}") from None
-        if index == 0:
-            raise InputError(f"TCIG item {item}: class {entry['voc_class']!r} is the background, not an object")
-        path = Path(entry["path"])
-        path = path if path.is_absolute() else base_dir / path
-        if not path.is_file():
-            raise InputError(f"TCIG item {item}: mask {path} of class {VOC_CLASSES[index]} does not exist")
-        with Image.open(path) as image:
-            yield index, np.asarray(image.convert("L")) > 0, str(path)
-
-
 # --- one shard job ------------------------------------------------------------------------
 
 def run_shard(config: dict, sd_key: str, clip_key: str, deeplab_key: str, inputs_csv: str,
@@ -528,8 +420,7 @@ def run_shard(config: dict, sd_key: str, clip_key: str, deeplab_key: str, inputs
     inputs_csv = Path(inputs_csv)
     inputs = read_inputs(inputs_csv)
     height, width = int(params["height"]), int(params["width"])
-    for _, row in inputs.iterrows():  # every mask checked before any model is loaded
-        item_masks(row, inputs_csv.parent, height, width)
+    check_all_masks(inputs, inputs_csv, height, width, "TCIG")
     device = resolve_device(config)
     dtype = resolve_dtype(config, device)
     offline = config.get("hub_offline", True)
@@ -547,15 +438,10 @@ def run_shard(config: dict, sd_key: str, clip_key: str, deeplab_key: str, inputs
             decoder = build_decoder(params, pipe, device, dtype, offline)
             img2img = build_img2img(pipe)
             (tmp / STAGE1_DIR).mkdir()
-            (tmp / MASK_DIR).mkdir()
             for k, (_, row) in enumerate(inputs.iterrows()):
                 safe = io.safe_name(row["item_id"])
                 masks = item_masks(row, inputs_csv.parent, height, width)
-                mask_files = []
-                for index, mask in masks.items():
-                    name = f"{MASK_DIR}/{safe}_{VOC_CLASSES[index]}.png"
-                    io.save_image(tmp / name, Image.fromarray(mask.astype(np.uint8) * 255))
-                    mask_files.append({"voc_class": VOC_CLASSES[index], "path": name})
+                mask_files = save_item_masks(tmp, row["item_id"], masks)
                 for sample in range(n):
                     seed = int(params["seed"]) + sample
                     stem = f"{safe}_{sample:02d}"
@@ -568,7 +454,7 @@ def run_shard(config: dict, sd_key: str, clip_key: str, deeplab_key: str, inputs
                         "item_id": row["item_id"], "sample": sample, "image": f"{stem}.png",
                         "prompt": row["prompt"], "seed": seed, "class_name": row.get("class_name", ""),
                         "source_image": row.get("image", ""), "stage1_image": f"{STAGE1_DIR}/{stem}.png",
-                        "stage1_final_loss": history[-1]["loss"], "masks": json.dumps(mask_files)})
+                        "stage1_final_loss": history[-1]["loss"], "masks": mask_files})
                 log.info("TCIG: %d/%d items done", k + 1, len(inputs))
         manifest = pd.DataFrame(records, columns=MANIFEST_COLUMNS)
         io.write_json(tmp / "params.json", io.provenance(
