@@ -29,7 +29,7 @@ include: "rules/report.smk"
 rule all:
     input:
         summary_table(),
-        paper_table() if CONFIG.get("report", {}).get("paper_rows") else [],
+        paper_tables(),
     default_target: True
     localrule: True
 

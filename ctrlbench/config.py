@@ -107,7 +107,14 @@ METHOD_MODEL_KINDS = {
     "sdedit": ("sd",),
     "gradop": ("sd",),
     "tcig": ("sd",),
+    "multidiffusion_panorama": ("sd",),
+    "multidiffusion_regions": ("sd",),
+    "si": ("sd",),
+    "bld": ("sd",),
 }
+# Methods generating from target masks (COCO objects): their datasets must be COCO, and
+# evaluation.iou scores them.
+REGION_KINDS = ("tcig", "multidiffusion_regions", "si", "bld")
 
 
 def _check_model(config: dict, key: str, where: str, kinds: tuple[str, ...]) -> None:
@@ -183,6 +190,15 @@ def check_references(config: dict) -> None:
                 if key not in method:
                     raise ConfigError(f"{where}: a tcig method needs '{key}'")
                 _check_model(config, method[key], f"{where}.{key}", (model_kind,))
+        if kind == "si":
+            if "inpaint" not in method:
+                raise ConfigError(f"{where}: an si method needs 'inpaint' (a model of kind sd_inpaint)")
+            _check_model(config, method["inpaint"], f"{where}.inpaint", ("sd_inpaint",))
+        if kind in REGION_KINDS:
+            for dataset in method["datasets"]:
+                if dataset in datasets and datasets[dataset]["format"] != "coco":
+                    raise ConfigError(f"{where}: a {kind} method needs target masks, from a coco dataset; "
+                                      f"dataset '{dataset}' is {datasets[dataset]['format']}")
         if kind == "select" and not method.get("candidates"):
             raise ConfigError(f"{where}: a select method needs 'candidates'")
         for key in ("base", "candidates"):
@@ -211,8 +227,24 @@ def check_references(config: dict) -> None:
             if prompt_set not in prompts:
                 raise ConfigError(f"evaluation.clip.prompts: unknown prompt set '{prompt_set}' "
                                   f"(for dataset {dataset})")
-    for row, ref in (config.get("report", {}).get("paper_rows") or {}).items():
-        resolve_ref(config, ref, f"report.paper_rows.{row}")
+    for name, entry in datasets.items():
+        if "region_filter" in entry and entry["format"] != "coco":
+            raise ConfigError(f"datasets.{name}.region_filter: only coco datasets have object masks to filter on; "
+                              f"this one is {entry['format']}")
+        region_filter = entry.get("region_filter") or {}
+        if region_filter.get("min_objects", 2) > region_filter.get("max_objects", 4):
+            raise ConfigError(f"datasets.{name}.region_filter: min_objects {region_filter['min_objects']} > "
+                              f"max_objects {region_filter['max_objects']}")
+    iou = config.get("evaluation", {}).get("iou")
+    if iou:
+        _check_model(config, iou["model"], "evaluation.iou.model", ("deeplabv3",))
+    from .report.papers import PAPERS  # light: pandas only
+
+    for paper, rows in (config.get("report", {}).get("papers") or {}).items():
+        for row, ref in rows.items():
+            if row not in PAPERS[paper]:
+                raise ConfigError(f"report.papers.{paper}: unknown row '{row}' (rows: {', '.join(PAPERS[paper])})")
+            resolve_ref(config, ref, f"report.papers.{paper}.{row}")
 
 
 def evaluation_prompts(config: dict, dataset: str) -> str | None:

@@ -39,7 +39,8 @@ wildcard_constraints:
     method=r"[A-Za-z][A-Za-z0-9_]*",
     prompt_set=r"[A-Za-z][A-Za-z0-9_]*",
     model=r"[A-Za-z][A-Za-z0-9_]*",
-    fmt=r"cub|flowers|coco|strokes",
+    fmt=r"cub|flowers|coco|strokes|prompts",
+    paper=r"mmm2025|multidiffusion",
     paramset=r"[^/]+",
     shard=r"\d{3}",
 
@@ -90,7 +91,7 @@ def method_model_inputs(wildcards):
     return model_inputs(CONFIG, *[method[k] for k in MODEL_SETTINGS if k in method])
 
 
-MODEL_SETTINGS = ("model", "controlnet", "clip", "segmenter")  # method keys that name models
+MODEL_SETTINGS = ("model", "controlnet", "clip", "segmenter", "inpaint")  # method keys that name models
 
 
 def method_models(wildcards):
@@ -169,9 +170,12 @@ def all_metric_shards(wildcards):
         after_items(dataset)
     files = []
     for dataset, method, paramset in method_runs():
+        kind = CONFIG["methods"][method]["kind"]
         metrics = ["clip"]
-        if CONFIG["methods"][method]["kind"] in ("sdedit", "gradop"):
+        if kind in ("sdedit", "gradop"):
             metrics.append("faithfulness")
+        if kind in cb_config.REGION_KINDS and CONFIG["evaluation"].get("iou"):
+            metrics.append("iou")
         files += [f"{RESULTS}/metrics/{dataset}/{method}/{paramset}/{metric}/shard-{shard}.csv"
                   for metric in metrics for shard in SHARDS]
     return files
@@ -208,28 +212,41 @@ def prompt_set_shard(wildcards):
     return prompts_shard(wildcards.dataset, wildcards.prompt_set, wildcards.shard)
 
 
+def has_real_images(dataset):
+    """Prompt-list datasets have no real images, so no i_sim."""
+    return CONFIG["datasets"][dataset]["format"] != "prompts"
+
+
 def clip_similarity_inputs(wildcards):
     after_items(wildcards.dataset)
     model, dataset, shard = CLIP_EVAL["model"], wildcards.dataset, wildcards.shard
-    return {
+    inputs = {
         "images": clip_images_cache(model, dataset, wildcards.method, wildcards.paramset, shard),
-        "real": clip_real_cache(model, dataset, shard),
         "text": clip_prompts_cache(model, dataset, cb_config.evaluation_prompts(CONFIG, dataset), shard),
     }
+    if has_real_images(dataset):
+        inputs["real"] = clip_real_cache(model, dataset, shard)
+    return inputs
 
 
-def paper_rows():
-    """{paper row: "method/paramset"} from report.paper_rows."""
-    rows = CONFIG.get("report", {}).get("paper_rows", {})
-    return {row: "{}/{}".format(*cb_config.resolve_ref(CONFIG, ref, "report.paper_rows")) for row, ref in rows.items()}
+def paper_rows(paper):
+    """{paper row: "method/paramset"} from report.papers.<paper>."""
+    rows = CONFIG.get("report", {}).get("papers", {}).get(paper, {})
+    return {row: "{}/{}".format(*cb_config.resolve_ref(CONFIG, ref, f"report.papers.{paper}"))
+            for row, ref in rows.items()}
 
 
 def summary_table():
     return f"{RESULTS}/tables/summary.csv"
 
 
-def paper_table():
-    return f"{RESULTS}/tables/paper_mmm2025.csv"
+def paper_table(paper):
+    return f"{RESULTS}/tables/paper_{paper}.csv"
+
+
+def paper_tables():
+    """The comparison table of every paper report.papers maps rows for."""
+    return [paper_table(paper) for paper in CONFIG.get("report", {}).get("papers", {})]
 
 
 def print_results_location():
@@ -237,7 +254,8 @@ def print_results_location():
     if table.exists():
         print(f"\nctrlbench: done. Summary table: {table.resolve()}")
         print(f"Images: {Path(RESULTS, 'images').resolve()}; metrics: {Path(RESULTS, 'metrics').resolve()}")
-        if CONFIG.get("report", {}).get("paper_rows") and Path(paper_table()).exists():
-            print(f"Paper comparison: {Path(paper_table()).resolve()}")
+        for table_path in map(Path, paper_tables()):
+            if table_path.exists():
+                print(f"Paper comparison: {table_path.resolve()}")
         print()
         print(table.read_text())

@@ -24,12 +24,15 @@ checkpoint items:
     input:
         dataset_inputs,
     output:
-        f"{RESULTS}/data/{{dataset}}/items.csv",
+        items=f"{RESULTS}/data/{{dataset}}/items.csv",
+        # How many items each filter step kept (COCO region subset); one row otherwise.
+        counts=f"{RESULTS}/data/{{dataset}}/item_counts.csv",
     params:
         fmt=lambda wc: CONFIG["datasets"][wc.dataset]["format"],
         root=lambda wc: dataset_root(wc.dataset),
         split=lambda wc: CONFIG["datasets"][wc.dataset]["split"],
         max_items=lambda wc: CONFIG["datasets"][wc.dataset]["max_items"],
+        region_filter=lambda wc: CONFIG["datasets"][wc.dataset].get("region_filter"),
         n_shards=N_SHARDS,
         shard_dir=lambda wc: f"{RESULTS}/data/{wc.dataset}/shards",
     conda:

@@ -99,3 +99,27 @@ rule faithfulness:
         f"{RESULTS}/logs/faithfulness/{{dataset}}/{{method}}/{{paramset}}/shard-{{shard}}.log",
     script:
         "../scripts/faithfulness.py"
+
+
+# Mask alignment of the region methods: DeepLabv3 IoU of each target class, per image.
+rule iou:
+    input:
+        images=shard_images,
+        model=lambda wc: model_inputs(CONFIG, CONFIG["evaluation"]["iou"]["model"]),
+    output:
+        f"{RESULTS}/metrics/{{dataset}}/{{method}}/{{paramset}}/iou/shard-{{shard}}.csv",
+    params:
+        model_key=lambda wc: CONFIG["evaluation"]["iou"]["model"],
+        models=lambda wc: {k: CONFIG["models"][k] for k in [CONFIG["evaluation"]["iou"]["model"]]},
+        runtime=runtime(),
+        batch_size=lambda wc: CONFIG["evaluation"]["iou"]["batch_size"],
+    wildcard_constraints:
+        method="|".join(kinds_regex("methods", kind) for kind in cb_config.REGION_KINDS),
+    resources:
+        gpu=1,
+    conda:
+        CONDA_ENV
+    log:
+        f"{RESULTS}/logs/iou/{{dataset}}/{{method}}/{{paramset}}/shard-{{shard}}.log",
+    script:
+        "../scripts/iou.py"

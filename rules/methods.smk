@@ -102,3 +102,55 @@ rule generate_tcig:
         f"{RESULTS}/logs/generate/{{dataset}}/{{method}}/{{paramset}}/shard-{{shard}}.log",
     script:
         "../scripts/generate_tcig.py"
+
+
+# MultiDiffusion panorama: one wide image per prompt, plus square crops that the metrics
+# score (the manifest lists the crops).
+rule generate_panorama:
+    input:
+        prompts=method_prompts,
+        model=method_model_inputs,
+    output:
+        directory(images_dir("{dataset}", "{method}", "{paramset}", "{shard}")),
+    params:
+        params=paramset_params,
+        model_key=lambda wc: CONFIG["methods"][wc.method]["model"],
+        models=method_models,
+        runtime=runtime(),
+    wildcard_constraints:
+        method=kinds_regex("methods", "multidiffusion_panorama"),
+    resources:
+        gpu=1,
+    conda:
+        CONDA_ENV
+    log:
+        f"{RESULTS}/logs/generate/{{dataset}}/{{method}}/{{paramset}}/shard-{{shard}}.log",
+    script:
+        "../scripts/generate_panorama.py"
+
+
+# Region-based generation from COCO object masks: MultiDiffusion and the SI / BLD
+# baselines of its IoU table. Input: the caption-prompts shard (COCO objects kept).
+rule generate_regions:
+    input:
+        prompts=method_prompts,
+        model=method_model_inputs,
+    output:
+        directory(images_dir("{dataset}", "{method}", "{paramset}", "{shard}")),
+    params:
+        kind=lambda wc: CONFIG["methods"][wc.method]["kind"],
+        params=paramset_params,
+        model_key=lambda wc: CONFIG["methods"][wc.method]["model"],
+        inpaint_key=lambda wc: CONFIG["methods"][wc.method].get("inpaint"),
+        models=method_models,
+        runtime=runtime(),
+    wildcard_constraints:
+        method="|".join(kinds_regex("methods", kind) for kind in ("multidiffusion_regions", "si", "bld")),
+    resources:
+        gpu=1,
+    conda:
+        CONDA_ENV
+    log:
+        f"{RESULTS}/logs/generate/{{dataset}}/{{method}}/{{paramset}}/shard-{{shard}}.log",
+    script:
+        "../scripts/generate_regions.py"

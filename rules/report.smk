@@ -20,15 +20,16 @@ rule paper_table:
     input:
         summary_table(),
     output:
-        paper_table(),
+        paper_table("{paper}"),
     params:
-        rows=lambda wc: paper_rows(),
+        paper=lambda wc: wc.paper,
+        rows=lambda wc: paper_rows(wc.paper),
         datasets=lambda wc: {name: entry["format"] for name, entry in CONFIG["datasets"].items()},
         scale=CLIP_EVAL["scale"],
     conda:
         CONDA_ENV
     log:
-        f"{RESULTS}/logs/paper_table.log",
+        f"{RESULTS}/logs/paper_table_{{paper}}.log",
     localrule: True
     script:
         "../scripts/paper_table.py"

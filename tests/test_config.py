@@ -56,12 +56,22 @@ def test_default_config_is_valid_and_defaults_are_filled(default_config):
     (lambda c: c["prompts"]["llm"].update(backend="openai"), "needs 'base_url'"),
     (lambda c: c["prompts"]["llm"].update(model="sd"), "expected causal_lm"),
     (lambda c: c["prompts"]["llm"].update(base_url="localhost:8080"), "prompts.llm.base_url"),
-    (lambda c: c["report"]["paper_rows"].update({"retrieval": "nope"}), "unknown method 'nope'"),
+    (lambda c: c["report"]["papers"]["mmm2025"].update({"retrieval": "nope"}), "unknown method 'nope'"),
     (lambda c: c["methods"]["tcig"].pop("segmenter"), "needs 'segmenter'"),
     (lambda c: c["methods"]["tcig"].update(clip="deeplab"), "expected open_clip"),
     (lambda c: c["methods"]["gradop"]["params"].update(grad_steps=3), "grad_steps"),
     (lambda c: c["evaluation"]["clip"].update(prompts={"cub": "template"}), "for dataset"),
     (lambda c: c["datasets"]["strokes"].update(format="paintings"), "datasets.strokes.format"),
+    (lambda c: c["methods"]["si"].pop("inpaint"), "needs 'inpaint'"),
+    (lambda c: c["methods"]["si"].update(inpaint="sd"), "expected sd_inpaint"),
+    (lambda c: c["methods"]["bld"].update(datasets=["cub"]), "needs target masks, from a coco dataset"),
+    (lambda c: c["methods"]["multidiffusion"]["params"].update(bootstrap=0.2), "bootstrap"),
+    (lambda c: c["datasets"]["cub"].update(region_filter={}), "only coco datasets"),
+    (lambda c: c["datasets"]["coco"]["region_filter"].update(min_objects=5), "min_objects 5 > max_objects 4"),
+    (lambda c: c["datasets"]["coco"]["region_filter"].update(min_mask_fraction=5), "min_mask_fraction"),
+    (lambda c: c["evaluation"]["iou"].update(model="clip"), "expected deeplabv3"),
+    (lambda c: c["report"]["papers"]["multidiffusion"].update({"GLIGEN": "si"}), "unknown row 'GLIGEN'"),
+    (lambda c: c["report"]["papers"].update({"paradiffusion": {}}), "report.papers"),
 ])
 def test_bad_config_names_the_key(default_config, mutate, fragment):
     mutate(default_config)

@@ -45,12 +45,15 @@ def _rows_for(keys: pd.DataFrame, reference: pd.DataFrame, reference_emb: np.nda
     return index.loc[keys["item_id"]].to_numpy()
 
 
-def similarity_shard(images_npz: str, real_npz: str, text_npz: str, out_csv: str, scale: str,
+def similarity_shard(images_npz: str, real_npz: str | None, text_npz: str, out_csv: str, scale: str,
                      model_key: str) -> pd.DataFrame:
+    """t_sim (image vs evaluation prompt) and i_sim (image vs the item's real image) of
+    every generated image; real_npz None (datasets without real images) gives t_sim only."""
     keys, emb = load_embeddings(images_npz)
     frames = []
     if len(keys):
-        for metric, npz, what in (("t_sim", text_npz, "evaluation prompt"), ("i_sim", real_npz, "real image")):
+        references = [("t_sim", text_npz, "evaluation prompt"), ("i_sim", real_npz, "real image")]
+        for metric, npz, what in [r for r in references if r[1] is not None]:
             ref_keys, ref_emb = load_embeddings(npz)
             cos = (emb.astype(np.float64) * ref_emb[_rows_for(keys, ref_keys, ref_emb, what)]).sum(axis=1)
             frames.append(pd.DataFrame({

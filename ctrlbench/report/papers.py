@@ -4,15 +4,17 @@ mmm2025 ("Enhancing Visual Details"): t-SIM / i-SIM in percent, CLIP ViT-L/14,
 (cos+1)/2. Base-image rows and the regeneration table as published; the
 regeneration table reports its base rows again with different values (it scores
 another set of images), so they are separate rows here.
+
+multidiffusion: the region-based IoU table (DeepLabv3 on the COCO region subset,
+per-image mean IoU over the objects, mean +/- std over images), which TCIG's paper
+repeats with its own row.
 """
 
 from __future__ import annotations
 
-import pandas as pd
+import math
 
-from .. import io
-
-# row -> {dataset format: (t_sim, i_sim)}
+# mmm2025: row -> {dataset format: (t_sim, i_sim)}
 MMM2025 = {
     "template + SD": {"cub": (60.72, 66.35), "flowers": (60.65, 68.87)},
     "llama2 + SD": {"cub": (60.65, 66.45), "flowers": (60.63, 70.11)},
@@ -28,49 +30,77 @@ MMM2025 = {
 }
 PAPER_SCALE = "cos01"
 
-COLUMNS = ["paper_row", "dataset", "metric", "paper", "ours_mean", "ours_best_of_n", "ours_n_images",
-           "ours_method", "status"]
+# multidiffusion: row -> (IoU mean, IoU std) on the COCO region subset.
+MULTIDIFFUSION_IOU = {
+    "SI": (0.16, 0.10),
+    "BLD": (0.17, 0.11),
+    "MultiDiffusion": (0.26, 0.12),
+    "TCIG": (0.30, 0.26),
+}
+
+# paper -> row -> [(dataset format, metric, paper mean, paper std)]
+PAPERS = {
+    "mmm2025": {row: [(fmt, metric, value, math.nan)
+                      for fmt, values in numbers.items() for metric, value in zip(("t_sim", "i_sim"), values)]
+                for row, numbers in MMM2025.items()},
+    "multidiffusion": {row: [("coco", "iou", mean, std)] for row, (mean, std) in MULTIDIFFUSION_IOU.items()},
+}
+# The CLIP scale a paper's numbers use; ours must match for the numbers to compare.
+PAPER_CLIP_SCALE = {"mmm2025": PAPER_SCALE}
+
+COLUMNS = ["paper_row", "dataset", "metric", "paper", "paper_std", "ours_mean", "ours_std", "ours_best_of_n",
+           "ours_n_images", "ours_method", "status"]
 
 
-def mmm2025_table(summary_csv: str, out_csv: str, rows: dict[str, str], datasets: dict[str, str],
-                  scale: str) -> pd.DataFrame:
+def paper_table(paper: str, summary_csv: str, out_csv: str, rows: dict[str, str], datasets: dict[str, str],
+                scale: str):
     """`rows`: paper row -> our "method/paramset"; `datasets`: our dataset name -> format.
 
-    Every paper row and dataset appears; status says "ok", "not configured" (no method
-    mapped to the row), "not run" (no results for it) or "other scale" (our CLIP scale
-    differs from the paper's, so the numbers are not comparable)."""
-    unknown = sorted(set(rows) - set(MMM2025))
+    Every paper row appears once per dataset of the paper's format (or once under the
+    format's name when no such dataset is configured). status says "ok", "not
+    configured" (no method mapped to the row), "not run" (no results for it) or "other
+    scale" (our CLIP scale differs from the paper's, so the numbers do not compare)."""
+    import pandas as pd
+
+    from .. import io
+
+    if paper not in PAPERS:
+        raise ValueError(f"unknown paper '{paper}'; known: {list(PAPERS)}")
+    unknown = sorted(set(rows) - set(PAPERS[paper]))
     if unknown:
-        raise ValueError(f"report.paper_rows: unknown mmm2025 row(s) {unknown}; known: {list(MMM2025)}")
+        raise ValueError(f"report.papers.{paper}: unknown {paper} row(s) {unknown}; known: {list(PAPERS[paper])}")
     summary = pd.read_csv(summary_csv)
-    by_format = {fmt: [name for name, f in datasets.items() if f == fmt] for fmt in ("cub", "flowers")}
     out = []
-    for row, numbers in MMM2025.items():
-        for fmt, paper_values in numbers.items():
-            for dataset in by_format[fmt] or [fmt]:
-                for metric, paper in zip(("t_sim", "i_sim"), paper_values):
-                    record = {"paper_row": row, "dataset": dataset, "metric": metric, "paper": paper,
-                              "ours_method": rows.get(row, "")}
-                    record.update(_ours(summary, rows.get(row), dataset, metric))
-                    if record["status"] == "ok" and scale != PAPER_SCALE:
-                        record["status"] = "other scale"
-                    out.append(record)
+    for row, numbers in PAPERS[paper].items():
+        for fmt, metric, value, std in numbers:
+            for dataset in [name for name, f in datasets.items() if f == fmt] or [fmt]:
+                record = {"paper_row": row, "dataset": dataset, "metric": metric, "paper": value,
+                          "paper_std": std, "ours_method": rows.get(row, "")}
+                record.update(_ours(summary, rows.get(row), dataset, metric))
+                paper_scale = PAPER_CLIP_SCALE.get(paper)
+                if record["status"] == "ok" and paper_scale and metric in ("t_sim", "i_sim") and scale != paper_scale:
+                    record["status"] = "other scale"
+                out.append(record)
     table = pd.DataFrame(out, columns=COLUMNS)
     io.write_csv(out_csv, table)
     return table
 
 
-def _ours(summary: pd.DataFrame, ref: str | None, dataset: str, metric: str) -> dict:
-    empty = {"ours_mean": float("nan"), "ours_best_of_n": float("nan"), "ours_n_images": 0}
+def mmm2025_table(summary_csv: str, out_csv: str, rows: dict[str, str], datasets: dict[str, str], scale: str):
+    return paper_table("mmm2025", summary_csv, out_csv, rows, datasets, scale)
+
+
+def _ours(summary, ref: str | None, dataset: str, metric: str) -> dict:
+    empty = {"ours_mean": math.nan, "ours_std": math.nan, "ours_best_of_n": math.nan, "ours_n_images": 0}
     if not ref:
         return {**empty, "status": "not configured"}
     method, paramset = ref.split("/", 1)
-    found = summary[(summary["method"] == method) & (summary["paramset"] == paramset)
+    found = summary[(summary["method"] == method) & (summary["paramset"].astype(str) == paramset)
                     & (summary["dataset"] == dataset) & (summary["metric"] == metric)]
     mean = found[found["aggregate"] == "mean"]
     if mean.empty or not mean["n"].iloc[0]:
         return {**empty, "status": "not run"}
     best = found[found["aggregate"] == "best_of_n"]
-    return {"ours_mean": float(mean["mean"].iloc[0]),
+    return {"ours_mean": float(mean["mean"].iloc[0]), "ours_std": float(mean["std"].iloc[0]),
             "ours_best_of_n": float(best["mean"].iloc[0]) if len(best) else float(mean["mean"].iloc[0]),
             "ours_n_images": int(mean["n"].iloc[0]), "status": "ok"}
