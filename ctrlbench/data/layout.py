@@ -14,11 +14,14 @@ INDEX_FILES = {
     "flowers": ("imagelabels.mat", "setid.mat"),
     "coco": ("annotations/instances_val2017.json", "annotations/instances_train2017.json"),
     "strokes": ("prompts.csv",),
+    "prompts": ("prompts.txt", "prompts.csv"),  # when root is a folder; a file root is its own index
 }
 
 
 def dataset_index_files(fmt: str, root: str) -> list[str]:
     base = Path(root)
+    if fmt == "prompts" and base.is_file():
+        return [str(base)]
     if fmt == "cub" and (base / "CUB_200_2011").is_dir():
         base = base / "CUB_200_2011"
     return [str(base / name) for name in INDEX_FILES.get(fmt, ()) if (base / name).exists()]
