@@ -75,7 +75,7 @@ def test_demo_produces_summary_images_and_provenance(demo):
     assert summary["scale"].eq("cos01").all() and summary["mean"].between(0, 100).all()
     assert (summary["ci95_low"] <= summary["mean"]).all() and (summary["mean"] <= summary["ci95_high"]).all()
     assert sorted(set(summary["guidance_scale"])) == [5.0, 7.5]
-    assert not (results / "tables" / "paper_mmm2025.csv").exists()  # no report.paper_rows configured
+    assert not (results / "tables" / "paper_mmm2025.csv").exists()  # no report.papers configured
 
     shard_dirs = sorted((results / "images" / "cub" / "sd" / "guidance_scale=5.0").glob("shard-*"))
     assert [d.name for d in shard_dirs] == [f"shard-{i:03d}" for i in range(4)]
