@@ -18,6 +18,7 @@ import os
 import re
 import shutil
 import tempfile
+import warnings
 from pathlib import Path
 from typing import Iterator, NamedTuple
 
@@ -44,8 +45,10 @@ RGB = {
 
 
 def make_toy(dataset_format: str, root, **kwargs) -> Path:
-    """Write the toy copy of `dataset_format` ("cub" | "flowers" | "coco") at `root`."""
-    makers = {"cub": make_toy_cub, "flowers": make_toy_flowers, "coco": make_toy_coco, "strokes": make_toy_strokes_dataset}
+    """Write the toy copy of `dataset_format` ("cub" | "flowers" | "coco" | "strokes" |
+    "prompts") at `root`."""
+    makers = {"cub": make_toy_cub, "flowers": make_toy_flowers, "coco": make_toy_coco,
+              "strokes": make_toy_strokes_dataset, "prompts": make_toy_prompts}
     if dataset_format not in makers:
         raise DatasetError(f"unknown dataset format {dataset_format!r}; expected one of {sorted(makers)}")
     return makers[dataset_format](root, **kwargs)
@@ -350,11 +353,17 @@ def _save_mat(path: Path, arrays: dict) -> None:
 
 # --- COCO 2017 --------------------------------------------------------------------------------
 
-# Scenes cycle with the image id. With the filter "2-4 objects, no person, every mask >= 5%
-# of the image", images 1, 2 and 6 pass; 3 (a person), 4 (a tiny object) and 5 (5 objects) fail.
-_COCO_SCENES = (("plain", 2), ("plain", 3), ("person", 3), ("tiny", 2), ("plain", 5), ("plain", 4))
+# Scenes cycle with the image id; new scenes are only ever appended, so existing images
+# never change. The region filter (coco_regions: annotated, no crowd, no person, VOC
+# classes only, 2-4 objects, every mask >= 5%) keeps images 1, 2 and 6 and drops each of
+# the others for one reason: 3 a person, 4 a tiny object (about 1%), 5 five objects,
+# 7 a truck or elephant (no VOC class), 8 a crowd annotation, 9 one object, 10 no objects.
+_COCO_SCENES = (("plain", 2), ("plain", 3), ("person", 3), ("tiny", 2), ("plain", 5), ("plain", 4),
+                ("non_voc", 2), ("crowd", 3), ("plain", 1), ("plain", 0))
 # Pascal VOC classes other than person, by COCO id.
 _VOC_OBJECT_IDS = (2, 3, 4, 5, 6, 7, 9, 16, 17, 18, 19, 20, 21, 44, 62, 63, 64, 67, 72)
+# COCO categories without a VOC class, for the "non_voc" scene: truck, elephant.
+_NON_VOC_IDS = (8, 22)
 _CATEGORY_NAMES = {cid: name for cid, name, _ in COCO_CATEGORIES}
 _SHAPES = ("rectangle", "ellipse", "triangle", "diamond")
 
@@ -388,6 +397,8 @@ def _coco_image(rng, image_id: int, size: int) -> tuple[dict, list[dict], Image.
     category_ids = [int(c) for c in rng.choice(_VOC_OBJECT_IDS, size=n_objects, replace=False)]
     if kind == "person":
         category_ids[0] = 1
+    elif kind == "non_voc":
+        category_ids[-1] = int(rng.choice(_NON_VOC_IDS))
     picture = Image.fromarray(_gradient(rng, size, (170, 230), (110, 190)))
     draw = ImageDraw.Draw(picture)
     objects = []
@@ -395,7 +406,8 @@ def _coco_image(rng, image_id: int, size: int) -> tuple[dict, list[dict], Image.
         tiny = kind == "tiny" and k == n_objects - 1
         polygon = _shape_polygon(rng, cell, size, tiny)
         draw.polygon(polygon, fill=_category_color(category_id))
-        objects.append(_coco_annotation(image_id * 100 + k + 1, image_id, category_id, polygon, size))
+        crowd = kind == "crowd" and k == n_objects - 1
+        objects.append(_coco_annotation(image_id * 100 + k + 1, image_id, category_id, polygon, size, crowd))
     entry = {"license": 1, "file_name": f"{image_id:012d}.jpg", "coco_url": "", "height": size,
              "width": size, "date_captured": "2017-01-01 00:00:00", "flickr_url": "", "id": image_id}
     return entry, objects, picture
@@ -430,15 +442,34 @@ def _shape_polygon(rng, cell, size: int, tiny: bool) -> list[tuple[float, float]
     return [(round(x0 + px * bw, 2), round(y0 + py * bh, 2)) for px, py in points]
 
 
-def _coco_annotation(ann_id: int, image_id: int, category_id: int, polygon, size: int) -> dict:
+def _coco_annotation(ann_id: int, image_id: int, category_id: int, polygon, size: int,
+                     crowd: bool = False) -> dict:
     from pycocotools import mask as mask_utils
 
     flat = [v for point in polygon for v in point]
-    area = float(mask_utils.area(mask_utils.merge(mask_utils.frPyObjects([flat], size, size))))
+    rle = mask_utils.merge(mask_utils.frPyObjects([flat], size, size))
+    area = float(mask_utils.area(rle))
     xs, ys = [p[0] for p in polygon], [p[1] for p in polygon]
     bbox = [min(xs), min(ys), round(max(xs) - min(xs), 2), round(max(ys) - min(ys), 2)]
-    return {"segmentation": [flat], "area": area, "iscrowd": 0, "image_id": image_id,
+    segmentation = [flat]
+    if crowd:  # real crowd annotations hold their mask as uncompressed RLE, not as polygons
+        with warnings.catch_warnings():  # pycocotools' decode trips a numpy 2 DeprecationWarning
+            warnings.simplefilter("ignore", DeprecationWarning)
+            segmentation = _uncompressed_rle(mask_utils.decode(rle))
+    return {"segmentation": segmentation, "area": area, "iscrowd": int(crowd), "image_id": image_id,
             "bbox": bbox, "category_id": category_id, "id": ann_id}
+
+
+def _uncompressed_rle(mask: np.ndarray) -> dict:
+    """COCO's uncompressed RLE of a 0/1 mask: run lengths in column-major order, starting
+    with a (possibly empty) run of zeros."""
+    flat = np.asarray(mask, dtype=np.uint8).flatten(order="F")
+    changes = np.flatnonzero(np.diff(flat)) + 1
+    bounds = np.concatenate([[0], changes, [flat.size]])
+    runs = np.diff(bounds).tolist()
+    if flat.size and flat[0] == 1:
+        runs = [0] + runs
+    return {"counts": [int(r) for r in runs], "size": [int(mask.shape[0]), int(mask.shape[1])]}
 
 
 def _category_color(category_id: int) -> tuple[int, int, int]:
@@ -451,6 +482,11 @@ def _category_color(category_id: int) -> tuple[int, int, int]:
 
 def _coco_captions(rng, image_id: int, category_ids: list[int]) -> list[dict]:
     names = [_CATEGORY_NAMES[c] for c in category_ids]
+    if not names:  # the scene without objects
+        texts = ("an empty scene.", "a plain background.", "nothing but a gradient.",
+                 "a picture without objects.", "a blank background with soft colours.")
+        order = rng.permutation(len(texts))
+        return [{"image_id": image_id, "id": image_id * 10 + k + 1, "caption": texts[i]} for k, i in enumerate(order)]
     things = [f"{'an' if name[0] in 'aeiou' else 'a'} {name}" for name in names]
     listed = things[0] if len(things) == 1 else ", ".join(things[:-1]) + " and " + things[-1]
     templates = (f"{listed}.", f"a picture of {listed}.", f"{listed} on a plain background.",
@@ -465,6 +501,47 @@ def _coco_header() -> dict:
                  "year": 2017, "contributor": "ctrlbench", "date_created": "2017/09/01"},
         "licenses": [{"url": "", "id": 1, "name": "generated toy data"}],
     }
+
+
+# --- prompt lists (panoramas) ----------------------------------------------------------------
+
+# Wide landscape scenes, as in MultiDiffusion's panorama prompts; then every place x time.
+_PANORAMA_PROMPTS = (
+    "a photo of the dolomites", "a city skyline at night", "a photo of a snowy mountain range at sunrise",
+    "a sandy beach with palm trees at sunset", "a forest with a river running through it",
+    "desert dunes under a clear blue sky", "a field of sunflowers stretching to the horizon",
+    "a harbour full of sailing boats at dawn",
+)
+_PANORAMA_PLACES = ("a mountain lake", "rolling green hills", "a rocky coastline", "a frozen tundra",
+                    "a canyon with red cliffs", "a rice terrace", "a lavender field", "an old town square",
+                    "a volcanic landscape", "a misty pine forest", "a savanna with acacia trees", "a glacier")
+_PANORAMA_TIMES = ("at sunrise", "at noon", "at sunset", "at night under the stars", "in the fog", "in winter")
+
+
+def _panorama_prompts() -> tuple[str, ...]:
+    return _PANORAMA_PROMPTS + tuple(f"a photo of {place} {time}" for place in _PANORAMA_PLACES
+                                     for time in _PANORAMA_TIMES)
+
+
+def make_toy_prompts(root, n_prompts: int = 4, image_size: int = 64, seed: int = 0) -> Path:
+    """Write <root>/prompts.txt: n_prompts landscape (panorama) prompts, one a line.
+
+    The file holds the first n_prompts of the built-in list, so a larger count only appends
+    lines. seed 0 takes the list as written (the hand-written scenes, "a photo of the
+    dolomites" first); another seed a fixed shuffle of it. `image_size` is accepted (the
+    workflow passes it to every toy maker) and unused: a prompt list has no images.
+    """
+    _check_counts(n_prompts=n_prompts)
+    available = _panorama_prompts()
+    _check_range("n_prompts", n_prompts, len(available))
+    _check_image_size(image_size)
+    _check_seed(seed)
+    order = np.arange(len(available)) if seed == 0 else np.random.default_rng([seed]).permutation(len(available))
+    prompts = [available[i] for i in order[:n_prompts]]
+    with _staged(root, "prompts", dict(n_prompts=n_prompts, seed=seed)) as staging:
+        header = ["# ctrlbench toy prompt list: one prompt a line (see docs/data.md)"]
+        _write_text(staging / "prompts.txt", _lines(header + prompts))
+    return Path(root)
 
 
 # --- shared ---------------------------------------------------------------------------------

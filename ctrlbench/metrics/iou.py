@@ -1,0 +1,204 @@
+"""Mask IoU of generated images (MultiDiffusion's and TCIG's region metric; docs/metrics.md).
+
+DeepLabV3 labels every pixel of a generated image with its most probable Pascal VOC
+class (argmax over the 21 channels, background included). For each target mask of the
+image (one per VOC class: objects of one class are already united in the manifest,
+since a semantic segmenter cannot tell them apart):
+
+    IoU_c = |pred == c  AND  mask_c| / |pred == c  OR  mask_c|
+
+and the image's `iou` is the mean of IoU_c over its target classes. Over a set of images
+the papers report mean +/- std (`summarize_iou`, population std).
+
+A target mask is never empty (the methods refuse empty masks), so the union is never
+empty; an empty mask raises instead of being given a made-up value. An image whose size
+differs from its masks' is resized (PIL bicubic) to the mask size before segmenting, so
+IoU is always counted on the target's own pixel grid.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+from PIL import Image
+
+from .. import io
+from ..errors import InputError
+from ..methods.regions import load_manifest_masks
+from ..methods.segmentation import NUM_VOC_CLASSES, VOC_CLASSES, segment_probs
+from .embeddings import open_rgb
+
+log = logging.getLogger(__name__)
+
+METRIC = "iou"
+# The long per-image metric format every metric writes (metric "iou"), plus the object
+# count and the IoU of each class.
+COLUMNS = ["item_id", "sample", "image", "metric", "value", "scale", "model", "text_handling", "n_objects",
+           "per_class"]
+MANIFEST_COLUMNS = ("item_id", "sample", "image", "masks")
+
+
+def predict_classes(deeplab, images: list[Image.Image]) -> np.ndarray:
+    """int64 [N, H, W]: DeepLabV3's argmax VOC class per pixel of same-size images,
+    segmented at their own size (segmentation.segment_probs, no gradient)."""
+    sizes = {image.size for image in images}
+    if len(sizes) != 1:
+        raise ValueError(f"predict_classes needs images of one size, got {sorted(sizes)}")
+    batch = torch.stack([torch.from_numpy(np.asarray(image.convert("RGB"), dtype=np.float32) / 255.0)
+                         for image in images]).permute(0, 3, 1, 2)
+    with torch.no_grad():
+        probs = segment_probs(deeplab, batch)
+    if probs.shape[1] != NUM_VOC_CLASSES:
+        raise ValueError(f"the segmentation model gives {probs.shape[1]} classes, expected the "
+                         f"{NUM_VOC_CLASSES} Pascal VOC classes")
+    return probs.argmax(dim=1).cpu().numpy()
+
+
+def class_ious(prediction: np.ndarray, masks: dict[int, np.ndarray]) -> dict[int, float]:
+    """{VOC index: IoU of (prediction == index) with its mask} for one image.
+
+    prediction: int [H, W] class map; masks: {VOC index 1-20: bool [H, W]}, non-empty.
+    """
+    out = {}
+    for index, mask in masks.items():
+        if not 1 <= index < NUM_VOC_CLASSES:  # 0 is the background, not an object
+            raise ValueError(f"target class index {index} is not a VOC object class (1-{NUM_VOC_CLASSES - 1})")
+        mask = np.asarray(mask, dtype=bool)
+        if mask.shape != prediction.shape:
+            raise ValueError(f"mask of class {_name(index)} is {mask.shape}, the prediction {prediction.shape}")
+        if not mask.any():
+            # Never 0/0: an object without pixels is not an object (see the module docstring).
+            raise ValueError(f"mask of class {_name(index)} is empty: IoU is undefined")
+        predicted = prediction == index
+        out[index] = float((predicted & mask).sum() / (predicted | mask).sum())
+    return out
+
+
+def iou_scores(deeplab, images: list[Image.Image], masks: list[dict[int, np.ndarray]],
+               batch_size: int = 8) -> list[dict]:
+    """Per image {"iou": mean over its classes, "n_objects": number of target classes,
+    "per_class": {VOC class name: IoU}}, in input order.
+
+    masks[i] is image i's {VOC index: bool [H, W]} (all one size, at least one class).
+    Images of another size are resized (bicubic) to their masks' size; images of equal
+    size go through DeepLabV3 together, batch_size at a time.
+    """
+    if len(images) != len(masks):
+        raise ValueError(f"iou_scores: {len(images)} images but {len(masks)} mask sets")
+    if batch_size < 1:
+        raise ValueError(f"iou_scores: batch_size must be >= 1, got {batch_size}")
+    sized: list[Image.Image] = []
+    groups: dict[tuple[int, int], list[int]] = {}
+    for i, (image, targets) in enumerate(zip(images, masks)):
+        height, width = _target_size(targets, i)
+        if image.size != (width, height):
+            image = image.convert("RGB").resize((width, height), Image.BICUBIC)
+        sized.append(image)
+        groups.setdefault((height, width), []).append(i)
+    results: list[dict | None] = [None] * len(images)
+    for indices in groups.values():
+        for start in range(0, len(indices), batch_size):
+            chunk = indices[start:start + batch_size]
+            predictions = predict_classes(deeplab, [sized[i] for i in chunk])
+            for i, prediction in zip(chunk, predictions):
+                ious = class_ious(prediction, masks[i])
+                results[i] = {"iou": float(np.mean(list(ious.values()))), "n_objects": len(ious),
+                              "per_class": {VOC_CLASSES[c]: value for c, value in sorted(ious.items())}}
+    return results  # type: ignore[return-value]
+
+
+def summarize_iou(values) -> tuple[float, float]:
+    """(mean, std) over images, std with ddof=0 (population); (nan, nan) for no values."""
+    array = np.asarray(list(values), dtype=np.float64)
+    if array.size == 0:
+        return float("nan"), float("nan")
+    if not np.isfinite(array).all():
+        raise ValueError("summarize_iou: IoU values must be finite")
+    return float(array.mean()), float(array.std(ddof=0))
+
+
+def run_shard(config: dict, deeplab_key: str, images_dir, out_csv, batch_size: int = 8) -> pd.DataFrame:
+    """IoU of every image of a method's shard; writes `out_csv` (COLUMNS) atomically.
+
+    `images_dir` holds manifest.csv with item_id, sample, image and masks (the JSON list
+    of {voc_class, path} that regions.save_item_masks writes); paths are relative to
+    images_dir. Every mask is read and checked before the model is loaded.
+    """
+    from ..config import resolve_device, resolve_dtype
+    from ..models.loaders import load_model
+
+    images_dir = Path(images_dir)
+    manifest = io.read_table(images_dir / "manifest.csv", MANIFEST_COLUMNS, what="IoU: manifest")
+    sizes = [_target_size(_read_masks(images_dir, row.item_id, row.masks), row.item_id)
+             for row in manifest.itertuples(index=False)]
+    if manifest.empty:  # nothing to score: no reason to load the model
+        frame = pd.DataFrame(columns=COLUMNS)
+        io.write_csv(out_csv, frame)
+        return frame
+    device = resolve_device(config)
+    deeplab = load_model(config, deeplab_key, device, resolve_dtype(config, device))
+    deeplab.eval()
+    # Rows of one mask size together, so each DeepLab batch holds one image size.
+    order = sorted(range(len(manifest)), key=lambda i: sizes[i])
+    scores: dict[int, dict] = {}
+    for start in range(0, len(order), batch_size):
+        chunk = order[start:start + batch_size]
+        rows = [manifest.iloc[i] for i in chunk]
+        images = [open_rgb(images_dir / row["image"]) for row in rows]
+        targets = [_read_masks(images_dir, row["item_id"], row["masks"]) for row in rows]
+        for i, score in zip(chunk, iou_scores(deeplab, images, targets, batch_size)):
+            scores[i] = score
+    records = []
+    for i, row in enumerate(manifest.itertuples(index=False)):
+        score = scores[i]
+        records.append({"item_id": row.item_id, "sample": row.sample, "image": row.image, "metric": "iou",
+                        "value": score["iou"], "scale": "fraction", "model": deeplab_key, "text_handling": "",
+                        "n_objects": score["n_objects"], "per_class": json.dumps(score["per_class"])})
+    frame = pd.DataFrame(records, columns=COLUMNS)
+    if len(frame):
+        mean, std = summarize_iou(frame["value"])
+        log.info("IoU of %d images in %s: %.4f +/- %.4f", len(frame), images_dir, mean, std)
+    io.write_csv(out_csv, frame)
+    return frame
+
+
+def _read_masks(images_dir: Path, item: str, masks_json: str) -> dict[int, np.ndarray]:
+    """One manifest row's masks, checked: at least one, none empty, none background, one size."""
+    try:
+        masks = load_manifest_masks(images_dir, masks_json)
+    except (OSError, ValueError, KeyError, TypeError) as error:
+        raise InputError(f"IoU: item {item} in {images_dir / 'manifest.csv'}: cannot read its masks: {error}") from None
+    if not masks:
+        raise InputError(f"IoU: item {item} in {images_dir / 'manifest.csv'} has no target mask")
+    for index, mask in masks.items():
+        if index == 0:
+            raise InputError(f"IoU: item {item}: a mask of the background class is not an object")
+        if not mask.any():
+            raise InputError(f"IoU: item {item}: mask of class {VOC_CLASSES[index]} is empty")
+    try:
+        _target_size(masks, item)
+    except ValueError as error:
+        raise InputError(f"IoU: {error}") from None
+    return masks
+
+
+def _target_size(masks: dict[int, np.ndarray], where) -> tuple[int, int]:
+    """(height, width) shared by one image's masks."""
+    if not masks:
+        raise ValueError(f"image {where}: no target mask")
+    shapes = {np.asarray(mask).shape for mask in masks.values()}
+    if len(shapes) != 1:
+        raise ValueError(f"image {where}: its masks differ in size: {sorted(shapes)}")
+    shape = shapes.pop()
+    if len(shape) != 2:
+        raise ValueError(f"image {where}: masks must be 2-D [H, W], got {shape}")
+    return shape
+
+
+def _name(index: int) -> str:
+    return VOC_CLASSES[index] if 0 <= index < NUM_VOC_CLASSES else str(index)
