@@ -24,7 +24,7 @@ checkpoint items:
     input:
         dataset_inputs,
     output:
-        items=f"{RESULTS}/data/{{dataset}}/items.csv",
+        table=f"{RESULTS}/data/{{dataset}}/items.csv",
         # How many items each filter step kept (COCO region subset); one row otherwise.
         counts=f"{RESULTS}/data/{{dataset}}/item_counts.csv",
     params:
