@@ -194,6 +194,7 @@ def test_driver_edits_each_mask_in_voc_order_on_the_previous_image(config, tmp_p
     assert np.array_equal(calls[1]["mask"], box_mask(16, 8, 48, 40))
     saved = pd.read_csv(out / "manifest.csv", dtype={"item_id": str}, keep_default_na=False)
     assert list(saved.columns) == region_editing.MANIFEST_COLUMNS and len(saved) == 4
+    assert list(manifest["image"]) == list(saved["image"])
     assert list(saved["item_id"]) == ["a", "a", "b", "b"] and list(saved["seed"]) == [5, 6, 5, 6]
     assert list(saved["image"]) == ["a_00.png", "a_01.png", "b_00.png", "b_01.png"]
     assert list(saved["background"]) == [f"backgrounds/{n}" for n in saved["image"]]
