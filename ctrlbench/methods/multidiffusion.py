@@ -124,6 +124,7 @@ def _embeddings(pipe, prompts: list[str], negative_prompt: str, cache: dict | No
     return cache
 
 
+@torch.no_grad()
 def _decode(pipe, latents: torch.Tensor, vae_tiling: bool = False) -> Image.Image:
     """The VAE decoding of diffusers' pipelines; tiling (if asked) only for this call."""
     tile = vae_tiling and not getattr(pipe.vae, "use_tiling", False)
