@@ -46,8 +46,8 @@ def _fill_defaults(schema: dict, instance: Any, root: dict) -> None:
     if not isinstance(instance, dict):
         return
     for key, sub in schema.get("properties", {}).items():
-        if "$ref" in sub:
-            sub = _resolve_ref(root, sub["$ref"])
+        if "$ref" in sub:  # keywords beside the $ref (a default) win over the referenced schema's
+            sub = {**_resolve_ref(root, sub["$ref"]), **{k: v for k, v in sub.items() if k != "$ref"}}
         if key not in instance and "default" in sub:
             instance[key] = copy.deepcopy(sub["default"])
         if key in instance:

@@ -117,3 +117,10 @@ def test_shipped_real_run_configs_are_valid(path):
     assert all(entry["source"] != "tiny" for entry in config["models"].values())
     for name in config["methods"]:
         cb_config.method_paramsets(config, name)
+
+
+def test_defaults_beside_a_ref_are_filled(default_config):
+    default_config["evaluation"]["clip"].pop("batch_size")
+    config = cb_config.validate(default_config)
+    assert config["evaluation"]["clip"]["batch_size"] == 32
+    assert config["evaluation"]["iou"]["batch_size"] == 8

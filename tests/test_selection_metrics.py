@@ -153,6 +153,16 @@ def test_summary_reports_mean_and_best_of_n():
     assert table.loc["mean", "guidance_scale"] == "5.0"
 
 
+def test_summary_best_of_n_is_over_samples_not_panorama_crops():
+    crops = pd.DataFrame([{"dataset": "p", "method": "panorama", "paramset": "default", "metric": "t_sim",
+                           "scale": "cos01", "item_id": "a", "sample": 0, "value": v} for v in (1.0, 5.0, 3.0)])
+    table = summarize(crops)
+    assert list(table["aggregate"]) == ["mean"]  # one sample: no best_of_n among its crops
+    two = pd.concat([crops, crops.assign(sample=1, value=crops["value"] + 1)])
+    best = summarize(two).set_index("aggregate").loc["best_of_n"]
+    assert best["mean"] == pytest.approx(4.0) and best["n"] == 1  # the better sample's crop mean
+
+
 def test_paper_table_puts_ours_beside_the_paper(tmp_path):
     summary = summarize(_per_image().assign(method="sd_template", paramset="default"))
     summary.to_csv(tmp_path / "summary.csv", index=False)

@@ -28,7 +28,6 @@ from PIL import Image
 
 from . import region_editing
 from .regions import resize_mask
-from .sd import encode_prompts
 from .sdedit import ddim_scheduler, guided_noise, stack_embeddings
 
 log = logging.getLogger(__name__)
@@ -112,14 +111,7 @@ def bld_edit(pipe, image: Image.Image, mask: np.ndarray, embeds: tuple[torch.Ten
 def make_edit(pipe, params: dict) -> region_editing.Edit:
     """The edit function of the shard driver: encodes each region prompt once (chunked
     77-token embeddings), then bld_edit."""
-    cache: dict[str, tuple] = {}
-
-    def edit(image: Image.Image, mask: np.ndarray, prompt: str, generator: torch.Generator) -> Image.Image:
-        if prompt not in cache:
-            cache.update(encode_prompts(pipe, [prompt], params["negative_prompt"], pipe.device))
-        return bld_edit(pipe, image, mask, cache[prompt], params, generator)
-
-    return edit
+    return region_editing.prompt_cached_edit(pipe, params, bld_edit)
 
 
 def run_shard(config: dict, sd_key: str, inputs_csv: str, out_dir: str, params: dict,

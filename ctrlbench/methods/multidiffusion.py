@@ -40,7 +40,6 @@ from ..errors import InputError
 from ..models.loaders import load_model
 from ..prompts.long_prompt import TEXT_HANDLING
 from . import regions as region_inputs
-from .registry import MULTIDIFFUSION_PANORAMA_DEFAULTS, MULTIDIFFUSION_REGIONS_DEFAULTS  # noqa: F401
 from .sd import batches, encode_prompts, initial_latents
 from .sdedit import ddim_scheduler, guided_noise, stack_embeddings
 

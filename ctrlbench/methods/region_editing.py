@@ -50,6 +50,20 @@ Edit = Callable[[Image.Image, np.ndarray, str, torch.Generator], Image.Image]
 MakeEdit = Callable[[dict, dict], Edit]
 
 
+def prompt_cached_edit(pipe, params: dict, edit_with_embeds: Callable) -> Edit:
+    """An Edit that encodes each region prompt once (chunked 77-token embeddings, with
+    params["negative_prompt"]) and calls edit_with_embeds(pipe, image, mask, embeds,
+    params, generator)."""
+    cache: dict[str, tuple] = {}
+
+    def edit(image: Image.Image, mask: np.ndarray, prompt: str, generator: torch.Generator) -> Image.Image:
+        if prompt not in cache:
+            cache.update(encode_prompts(pipe, [prompt], params["negative_prompt"], pipe.device))
+        return edit_with_embeds(pipe, image, mask, cache[prompt], params, generator)
+
+    return edit
+
+
 # --- prompts and masks --------------------------------------------------------------------
 
 def region_prompt(params: dict, index: int) -> str:

@@ -26,7 +26,6 @@ from PIL import Image
 
 from ..errors import ConfigError
 from . import region_editing
-from .sd import encode_prompts
 
 METHOD = "si"
 INPAINT_KIND = "sd_inpaint"
@@ -58,15 +57,7 @@ def si_edit(pipe, image: Image.Image, mask: np.ndarray, embeds: tuple[torch.Tens
 def make_edit(inpaint_pipe, params: dict) -> region_editing.Edit:
     """The edit function of the shard driver: the inpainting pipeline with DDIM, each
     region prompt encoded once."""
-    pipe = region_editing.with_ddim(inpaint_pipe)
-    cache: dict[str, tuple] = {}
-
-    def edit(image: Image.Image, mask: np.ndarray, prompt: str, generator: torch.Generator) -> Image.Image:
-        if prompt not in cache:
-            cache.update(encode_prompts(pipe, [prompt], params["negative_prompt"], pipe.device))
-        return si_edit(pipe, image, mask, cache[prompt], params, generator)
-
-    return edit
+    return region_editing.prompt_cached_edit(region_editing.with_ddim(inpaint_pipe), params, si_edit)
 
 
 def run_shard(config: dict, sd_key: str, inputs_csv: str, out_dir: str, params: dict,

@@ -63,10 +63,13 @@ def summarize(per_image: pd.DataFrame) -> pd.DataFrame:
                 ["dataset", "method", "paramset", "metric", "scale"], sort=True):
             keys = {"dataset": dataset, "method": method, "paramset": paramset, "metric": metric, "scale": scale}
             rows.append(_row(keys, "mean", group["value"].to_numpy()))
-            if "sample" in group and group.groupby("item_id").size().max() > 1:
-                best = group.groupby("item_id")["value"]
-                best = best.min() if metric in LOWER_IS_BETTER else best.max()
-                rows.append(_row(keys, "best_of_n", best.to_numpy()))
+            if "sample" in group:
+                # One value per (item, sample) first: a panorama's crops share a sample and
+                # are averaged, so best_of_n picks among samples, never among crops.
+                per_sample = group.groupby(["item_id", "sample"])["value"].mean().groupby(level=0)
+                if per_sample.size().max() > 1:
+                    best = per_sample.min() if metric in LOWER_IS_BETTER else per_sample.max()
+                    rows.append(_row(keys, "best_of_n", best.to_numpy()))
     table = pd.DataFrame(rows)
     extra = sorted(set(table.columns) - set(SUMMARY_COLUMNS)) if len(table) else []
     return table.reindex(columns=SUMMARY_COLUMNS + extra)
