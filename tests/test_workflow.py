@@ -290,7 +290,7 @@ def test_region_methods_iou_table_and_panoramas_in_the_demo(mmm2025_demo):
         assert 2 <= len(listed) <= 4 and all(obj["category"] != "person" for obj in listed)
 
     summary = pd.read_csv(results / "tables" / "summary.csv")
-    iou = summary[(summary.metric == "iou") & (summary.aggregate == "mean")].set_index("method")
+    iou = summary[(summary.metric == "iou") & (summary["aggregate"] == "mean")].set_index("method")
     assert set(iou.index) == {"tcig", "multidiffusion", "si", "bld"}
     assert (iou["n"] == len(items)).all() and iou["mean"].between(0, 1).all()
     paper = pd.read_csv(results / "tables" / "paper_multidiffusion.csv").set_index("paper_row")
@@ -318,6 +318,6 @@ def test_region_methods_iou_table_and_panoramas_in_the_demo(mmm2025_demo):
         with Image.open(Path(row.folder) / row.image) as crop, Image.open(Path(row.folder) / row.panorama) as full:
             assert crop.size == (params["height"], params["height"])
             assert full.size == (params["width"], params["height"])
-    t_sim = summary[(summary.dataset == "landscapes") & (summary.aggregate == "mean") & (summary.metric == "t_sim")]
+    t_sim = summary[(summary.dataset == "landscapes") & (summary["aggregate"] == "mean") & (summary.metric == "t_sim")]
     assert set(t_sim["method"]) == {"panorama", "sd_panorama"}
     assert t_sim.set_index("method").loc["panorama", "n"] == len(panoramas)
