@@ -41,15 +41,10 @@ import torch
 from diffusers.utils.torch_utils import randn_tensor
 from PIL import Image
 
-from .. import io
-from ..config import resolve_device, resolve_dtype
-from ..metrics.embeddings import open_rgb
 from ..metrics.faithfulness import gaussian_kernel1d, painting_function, to_unit_tensor
-from ..models.loaders import load_model
-from ..prompts.long_prompt import TEXT_HANDLING
 from .sd import batches, encode_prompts
 from .sdedit import (MANIFEST_COLUMNS as SDEDIT_COLUMNS, _seed_list, ddim_scheduler, fit_image, guided_noise,
-                     read_inputs, record, shard_jobs, stack_embeddings)
+                     run_guided_shard, stack_embeddings)
 
 log = logging.getLogger(__name__)
 
@@ -236,39 +231,19 @@ def loss_summary(entries: list[dict]) -> str:
 # --- one shard job ----------------------------------------------------------------------
 
 def run_shard(config: dict, model_key: str, inputs_csv: str, out_dir: str, params: dict) -> pd.DataFrame:
-    """One job: GradOP+ for every stroke painting of the shard, samples_per_input times.
-
-    Writes `<item_id>_<sample:02d>.png`, params.json, and manifest.csv last, atomically;
-    the manifest's `gradop_losses` column holds each image's loss_summary.
-    """
+    """One job: GradOP+ for every stroke painting of the shard, samples_per_input times
+    (sdedit.run_guided_shard); the manifest's `gradop_losses` column holds each image's
+    loss_summary."""
     check_params(params)
-    inputs = read_inputs(inputs_csv)
-    device = resolve_device(config)
-    dtype = resolve_dtype(config, device)
-    with io.atomic_dir(out_dir) as tmp:
-        jobs = shard_jobs(inputs, params)
-        records = []
-        if jobs:
-            pipe = load_model(config, model_key, device=device, dtype=dtype)
-            grad_vae = make_grad_vae(pipe.vae, params["memory_saver"])
-            strokes = [fit_image(open_rgb(path), params["width"], params["height"]) for path in inputs["image"]]
-            size = max(1, int(params["batch_size"]))
-            for start in range(0, len(jobs), size):
-                chunk = jobs[start:start + size]
-                seeds = [int(params["seed"]) + sample for _, sample in chunk]
-                loss_log: list = []
-                images = gradop(pipe, [strokes[i] for i, _ in chunk], [inputs.prompt.iloc[i] for i, _ in chunk],
-                                params, seeds, loss_log=loss_log, grad_vae=grad_vae)
-                for (i, sample), seed, image, entries in zip(chunk, seeds, images, loss_log):
-                    row = inputs.iloc[i]
-                    name = f"{row.item_id}_{sample:02d}.png"
-                    io.save_image(tmp / name, image)
-                    records.append({**record(row, sample, name, seed), "gradop_losses": loss_summary(entries)})
-                log.info("gradop: %d/%d images", start + len(chunk), len(jobs))
-        manifest = pd.DataFrame(records, columns=MANIFEST_COLUMNS)
-        io.write_json(tmp / "params.json", io.provenance(
-            method="gradop", params=params, model={model_key: config["models"][model_key]},
-            device=device, dtype=str(dtype), optimisation_dtype="float32", text_handling=TEXT_HANDLING,
-            scheduler="DDIMScheduler", torch_threads=torch.get_num_threads(), n_items=len(inputs)))
-        io.write_csv(tmp / "manifest.csv", manifest)
-    return manifest
+
+    def make_generate(pipe):
+        grad_vae = make_grad_vae(pipe.vae, params["memory_saver"])
+
+        def generate(strokes, prompts, seeds):
+            loss_log: list = []
+            images = gradop(pipe, strokes, prompts, params, seeds, loss_log=loss_log, grad_vae=grad_vae)
+            return [(image, {"gradop_losses": loss_summary(entries)}) for image, entries in zip(images, loss_log)]
+        return generate
+
+    return run_guided_shard(config, model_key, inputs_csv, out_dir, params, "gradop", make_generate,
+                            MANIFEST_COLUMNS, optimisation_dtype="float32")

@@ -198,10 +198,15 @@ def record(row, sample: int, name: str, seed: int) -> dict:
             "class_name": row.class_name, "source_image": row.image}
 
 
-def run_shard(config: dict, model_key: str, inputs_csv: str, out_dir: str, params: dict) -> pd.DataFrame:
-    """One job: SDEdit every stroke painting of the shard, samples_per_input times.
+def run_guided_shard(config: dict, model_key: str, inputs_csv: str, out_dir: str, params: dict, method: str,
+                     make_generate, columns: list[str], **provenance) -> pd.DataFrame:
+    """The job skeleton SDEdit and GradOP+ share: load the model once, fit every stroke
+    painting to the output size, run `samples_per_input` samples in batches of
+    `batch_size`, and write `<item_id>_<sample:02d>.png`, params.json and manifest.csv
+    (last) atomically.
 
-    Writes `<item_id>_<sample:02d>.png`, params.json, and manifest.csv last, atomically.
+    make_generate(pipe) -> generate(strokes, prompts, seeds) -> [(image, extra manifest
+    fields)]; `provenance` adds method-specific fields to params.json.
     """
     inputs = read_inputs(inputs_csv)
     device = resolve_device(config)
@@ -211,23 +216,35 @@ def run_shard(config: dict, model_key: str, inputs_csv: str, out_dir: str, param
         records = []
         if jobs:
             pipe = load_model(config, model_key, device=device, dtype=dtype)
+            generate = make_generate(pipe)
             strokes = [fit_image(open_rgb(path), params["width"], params["height"]) for path in inputs["image"]]
             size = max(1, int(params["batch_size"]))
             for start in range(0, len(jobs), size):
                 chunk = jobs[start:start + size]
                 seeds = [int(params["seed"]) + sample for _, sample in chunk]
-                images = sdedit(pipe, [strokes[i] for i, _ in chunk], [inputs.prompt.iloc[i] for i, _ in chunk],
-                                params, seeds=seeds)
-                for (i, sample), seed, image in zip(chunk, seeds, images):
+                results = generate([strokes[i] for i, _ in chunk], [inputs.prompt.iloc[i] for i, _ in chunk], seeds)
+                for (i, sample), seed, (image, extra) in zip(chunk, seeds, results):
                     row = inputs.iloc[i]
                     name = f"{row.item_id}_{sample:02d}.png"
                     io.save_image(tmp / name, image)
-                    records.append(record(row, sample, name, seed))
-                log.info("sdedit: %d/%d images", start + len(chunk), len(jobs))
-        manifest = pd.DataFrame(records, columns=MANIFEST_COLUMNS)
+                    records.append({**record(row, sample, name, seed), **extra})
+                log.info("%s: %d/%d images", method, start + len(chunk), len(jobs))
+        manifest = pd.DataFrame(records, columns=columns)
         io.write_json(tmp / "params.json", io.provenance(
-            method="sdedit", params=params, model={model_key: config["models"][model_key]},
-            device=device, dtype=str(dtype), text_handling=TEXT_HANDLING, scheduler="DDIMScheduler",
-            torch_threads=torch.get_num_threads(), n_items=len(inputs)))
+            method=method, params=params, model={model_key: config["models"][model_key]},
+            device=device, dtype=str(dtype), **provenance, text_handling=TEXT_HANDLING,
+            scheduler="DDIMScheduler", torch_threads=torch.get_num_threads(), n_items=len(inputs)))
         io.write_csv(tmp / "manifest.csv", manifest)
     return manifest
+
+
+def run_shard(config: dict, model_key: str, inputs_csv: str, out_dir: str, params: dict) -> pd.DataFrame:
+    """One job: SDEdit every stroke painting of the shard, samples_per_input times
+    (run_guided_shard)."""
+    def make_generate(pipe):
+        def generate(strokes, prompts, seeds):
+            return [(image, {}) for image in sdedit(pipe, strokes, prompts, params, seeds=seeds)]
+        return generate
+
+    return run_guided_shard(config, model_key, inputs_csv, out_dir, params, "sdedit", make_generate,
+                            MANIFEST_COLUMNS)
