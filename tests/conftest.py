@@ -15,3 +15,19 @@ ROOT = Path(__file__).resolve().parent.parent
 def default_config():
     with open(ROOT / "config.yaml", encoding="utf-8") as fh:
         return copy.deepcopy(yaml.safe_load(fh))
+
+
+@pytest.fixture(scope="session")
+def tiny_config(tmp_path_factory):
+    """tiny_config(name, {model key: kind}) -> a CPU fp32 job config whose models are tiny
+    random-weight builds under a fresh results dir (the layout the tiny_model rule writes)."""
+    from ctrlbench.models.tiny import build_tiny
+
+    def make(name: str, kinds: dict) -> dict:
+        results = tmp_path_factory.mktemp(name)
+        for key, kind in kinds.items():
+            build_tiny(kind, results / "models" / "tiny" / key)
+        return {"results_dir": str(results), "hub_offline": True, "device": "cpu", "dtype": "float32",
+                "models": {key: {"kind": kind, "source": "tiny"} for key, kind in kinds.items()}}
+
+    return make

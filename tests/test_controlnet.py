@@ -18,7 +18,6 @@ from ctrlbench.errors import InputError
 from ctrlbench.methods import controlnet as cn
 from ctrlbench.methods.registry import CONTROLNET_DEFAULTS
 from ctrlbench.models.loaders import load_model
-from ctrlbench.models.tiny import build_tiny
 
 PARAMS = {**CONTROLNET_DEFAULTS, "num_inference_steps": 2, "long_side": 64, "samples_per_input": 2,
           "batch_size": 2}
@@ -45,12 +44,8 @@ def cv2_canny(image, low=100, high=200):
 
 
 @pytest.fixture(scope="module")
-def config(tmp_path_factory):
-    results = tmp_path_factory.mktemp("controlnet_results")
-    build_tiny("sd", results / "models" / "tiny" / "sd")
-    build_tiny("controlnet", results / "models" / "tiny" / "controlnet")
-    return {"results_dir": str(results), "hub_offline": True, "device": "cpu", "dtype": "float32",
-            "models": {"sd": {"kind": "sd", "source": "tiny"}, "controlnet": {"kind": "controlnet", "source": "tiny"}}}
+def config(tiny_config):
+    return tiny_config("controlnet_results", {"sd": "sd", "controlnet": "controlnet"})
 
 
 @pytest.fixture(scope="module")

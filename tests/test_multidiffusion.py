@@ -20,7 +20,6 @@ from ctrlbench.methods.registry import MULTIDIFFUSION_PANORAMA_DEFAULTS, MULTIDI
 from ctrlbench.methods.sd import encode_prompts, initial_latents
 from ctrlbench.methods.sdedit import ddim_scheduler
 from ctrlbench.models.loaders import load_model
-from ctrlbench.models.tiny import build_tiny
 
 PANO = {**MULTIDIFFUSION_PANORAMA_DEFAULTS, "height": 64, "width": 192, "window_size": 8, "stride": 4,
         "num_inference_steps": 3, "crop_size": 0}
@@ -31,11 +30,8 @@ SIZE = 64
 
 
 @pytest.fixture(scope="module")
-def config(tmp_path_factory):
-    results = tmp_path_factory.mktemp("multidiffusion_results")
-    build_tiny("sd", results / "models" / "tiny" / "sd")
-    return {"results_dir": str(results), "hub_offline": True, "device": "cpu", "dtype": "float32",
-            "models": {"sd": {"kind": "sd", "source": "tiny"}}}
+def config(tiny_config):
+    return tiny_config("multidiffusion_results", {"sd": "sd"})
 
 
 @pytest.fixture(scope="module")

@@ -18,7 +18,6 @@ from ctrlbench.methods.registry import REGION_BASELINE_DEFAULTS
 from ctrlbench.methods.sd import encode_prompts, initial_latents
 from ctrlbench.methods.sdedit import ddim_scheduler
 from ctrlbench.models.loaders import load_model
-from ctrlbench.models.tiny import build_tiny
 
 SIZE = 64
 PARAMS = {**REGION_BASELINE_DEFAULTS, "height": SIZE, "width": SIZE, "num_inference_steps": 3}
@@ -27,12 +26,8 @@ KINDS = {"sd": "sd", "sd_inpaint": "sd_inpaint"}
 
 
 @pytest.fixture(scope="module")
-def config(tmp_path_factory):
-    results = tmp_path_factory.mktemp("region_baselines")
-    for key, kind in KINDS.items():
-        build_tiny(kind, results / "models" / "tiny" / key)
-    return {"results_dir": str(results), "hub_offline": True, "device": "cpu", "dtype": "float32",
-            "models": {key: {"kind": kind, "source": "tiny"} for key, kind in KINDS.items()}}
+def config(tiny_config):
+    return tiny_config("region_baselines", KINDS)
 
 
 @pytest.fixture(scope="module")

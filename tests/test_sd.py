@@ -13,7 +13,6 @@ from PIL import Image
 
 from ctrlbench.methods import sd
 from ctrlbench.methods.registry import SD_DEFAULTS
-from ctrlbench.models.tiny import build_tiny
 
 LONG = " ".join(["red", "blue", "green", "small", "large"] * 40)  # 200 CLIP tokens
 PARAMS = {**SD_DEFAULTS, "num_inference_steps": 2, "height": 64, "width": 64, "images_per_prompt": 2,
@@ -21,11 +20,8 @@ PARAMS = {**SD_DEFAULTS, "num_inference_steps": 2, "height": 64, "width": 64, "i
 
 
 @pytest.fixture(scope="module")
-def config(tmp_path_factory):
-    results = tmp_path_factory.mktemp("sd_results")
-    build_tiny("sd", results / "models" / "tiny" / "sd")
-    return {"results_dir": str(results), "hub_offline": True, "device": "cpu", "dtype": "float32",
-            "models": {"sd": {"kind": "sd", "source": "tiny"}}}
+def config(tiny_config):
+    return tiny_config("sd_results", {"sd": "sd"})
 
 
 @pytest.fixture(scope="module")

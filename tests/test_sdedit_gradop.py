@@ -21,7 +21,6 @@ from ctrlbench.methods import gradop as gp
 from ctrlbench.methods import sdedit as se
 from ctrlbench.metrics.faithfulness import faithfulness_mse, faithfulness_shard, gaussian_blur
 from ctrlbench.models.loaders import load_model
-from ctrlbench.models.tiny import build_tiny
 
 SIZE = {"height": 64, "width": 64}
 SDEDIT = {**se.SDEDIT_DEFAULTS, **SIZE, "num_inference_steps": 4, "batch_size": 1}
@@ -57,11 +56,8 @@ def one_thread():
 
 
 @pytest.fixture(scope="module")
-def config(tmp_path_factory):
-    results = tmp_path_factory.mktemp("stroke_results")
-    build_tiny("sd", results / "models" / "tiny" / "sd")
-    return {"results_dir": str(results), "hub_offline": True, "device": "cpu", "dtype": "float32",
-            "models": {"sd": {"kind": "sd", "source": "tiny"}}}
+def config(tiny_config):
+    return tiny_config("stroke_results", {"sd": "sd"})
 
 
 @pytest.fixture(scope="module")

@@ -20,7 +20,6 @@ from ctrlbench.methods import segmentation as seg
 from ctrlbench.methods import tcig
 from ctrlbench.methods.tcig import TCIG_DEFAULTS
 from ctrlbench.models.loaders import load_model
-from ctrlbench.models.tiny import build_tiny
 
 SIZE = 64
 PARAMS = {**TCIG_DEFAULTS, "height": SIZE, "width": SIZE, "iterations": 2, "cutouts": 4,
@@ -30,12 +29,8 @@ KINDS = {"sd": "sd", "clip": "open_clip", "deeplab": "deeplabv3"}
 
 
 @pytest.fixture(scope="module")
-def config(tmp_path_factory):
-    results = tmp_path_factory.mktemp("tcig_results")
-    for key, kind in KINDS.items():
-        build_tiny(kind, results / "models" / "tiny" / key)
-    return {"results_dir": str(results), "hub_offline": True, "device": "cpu", "dtype": "float32",
-            "models": {key: {"kind": kind, "source": "tiny"} for key, kind in KINDS.items()}}
+def config(tiny_config):
+    return tiny_config("tcig_results", KINDS)
 
 
 @pytest.fixture(scope="module")
