@@ -17,7 +17,7 @@ import yaml
 
 from . import paramsets
 from .errors import ConfigError
-from .methods.registry import METHOD_DEFAULTS
+from .methods.registry import METHOD_DEFAULTS, PARADIFFUSION_ENCODER_DTYPES, PARADIFFUSION_PLACEMENTS
 
 SCHEMA_PATH = Path(__file__).resolve().parent.parent / "schemas" / "config.schema.yaml"
 
@@ -111,6 +111,7 @@ METHOD_MODEL_KINDS = {
     "multidiffusion_regions": ("sd",),
     "si": ("sd",),
     "bld": ("sd",),
+    "paradiffusion": ("paradiffusion",),
 }
 # Methods generating from target masks (COCO objects): their datasets must be COCO, and
 # evaluation.iou scores them.
@@ -199,6 +200,13 @@ def check_references(config: dict) -> None:
                 if dataset in datasets and datasets[dataset]["format"] != "coco":
                     raise ConfigError(f"{where}: a {kind} method needs target masks, from a coco dataset; "
                                       f"dataset '{dataset}' is {datasets[dataset]['format']}")
+        if kind == "paradiffusion":
+            for paramset, params in method_paramsets(config, name).items():
+                for key, allowed in (("text_encoder_placement", PARADIFFUSION_PLACEMENTS),
+                                     ("text_encoder_dtype", PARADIFFUSION_ENCODER_DTYPES)):
+                    if params[key] not in allowed:
+                        raise ConfigError(f"{where}.params.{key}: '{params[key]}' is not one of "
+                                          f"{', '.join(allowed)} (parameter set {paramset})")
         if kind == "select" and not method.get("candidates"):
             raise ConfigError(f"{where}: a select method needs 'candidates'")
         for key in ("base", "candidates"):

@@ -39,8 +39,8 @@ wildcard_constraints:
     method=r"[A-Za-z][A-Za-z0-9_]*",
     prompt_set=r"[A-Za-z][A-Za-z0-9_]*",
     model=r"[A-Za-z][A-Za-z0-9_]*",
-    fmt=r"cub|flowers|coco|strokes|prompts",
-    paper=r"mmm2025|multidiffusion",
+    fmt=r"cub|flowers|coco|strokes|prompts|paraprompts",
+    paper=r"mmm2025|multidiffusion|paradiffusion",
     paramset=r"[^/]+",
     shard=r"\d{3}",
 
@@ -213,8 +213,8 @@ def prompt_set_shard(wildcards):
 
 
 def has_real_images(dataset):
-    """Prompt-list datasets have no real images, so no i_sim."""
-    return CONFIG["datasets"][dataset]["format"] != "prompts"
+    """Prompt-list and ParaPrompts datasets have no real images, so no i_sim."""
+    return CONFIG["datasets"][dataset]["format"] not in ("prompts", "paraprompts")
 
 
 def clip_similarity_inputs(wildcards):

@@ -54,6 +54,9 @@ rule clip_prompt_embeddings:
         models=lambda wc: {wc.model: CONFIG["models"][wc.model]},
         runtime=runtime(),
         batch_size=CLIP_EVAL["batch_size"],
+        # A param, so a changed long_text rebuilds the cache. Caches of other CLIP models
+        # (base selection) only need the truncated `emb`.
+        long_text=lambda wc: CLIP_EVAL["long_text"] if wc.model == CLIP_EVAL["model"] else ["truncate"],
     resources:
         gpu=1,
     conda:
@@ -72,6 +75,7 @@ rule clip_similarity:
     params:
         scale=CLIP_EVAL["scale"],
         model_key=CLIP_EVAL["model"],
+        long_text=CLIP_EVAL["long_text"],
     conda:
         CONDA_ENV
     log:

@@ -154,3 +154,28 @@ rule generate_regions:
         f"{RESULTS}/logs/generate/{{dataset}}/{{method}}/{{paramset}}/shard-{{shard}}.log",
     script:
         "../scripts/generate_regions.py"
+
+
+# ParaDiffusion: Llama-2 + LoRA paragraph features into its UNet. The job encodes all its
+# prompts first and frees the encoder before the UNet loads (docs/methods/paradiffusion.md).
+rule generate_paradiffusion:
+    input:
+        prompts=method_prompts,
+        model=method_model_inputs,
+    output:
+        directory(images_dir("{dataset}", "{method}", "{paramset}", "{shard}")),
+    params:
+        params=paramset_params,
+        model_key=lambda wc: CONFIG["methods"][wc.method]["model"],
+        models=method_models,
+        runtime=runtime(),
+    wildcard_constraints:
+        method=kinds_regex("methods", "paradiffusion"),
+    resources:
+        gpu=1,
+    conda:
+        CONDA_ENV
+    log:
+        f"{RESULTS}/logs/generate/{{dataset}}/{{method}}/{{paramset}}/shard-{{shard}}.log",
+    script:
+        "../scripts/generate_paradiffusion.py"

@@ -71,7 +71,7 @@ def test_default_config_is_valid_and_defaults_are_filled(default_config):
     (lambda c: c["datasets"]["coco"]["region_filter"].update(min_mask_fraction=5), "min_mask_fraction"),
     (lambda c: c["evaluation"]["iou"].update(model="clip"), "expected deeplabv3"),
     (lambda c: c["report"]["papers"]["multidiffusion"].update({"GLIGEN": "si"}), "unknown row 'GLIGEN'"),
-    (lambda c: c["report"]["papers"].update({"paradiffusion": {}}), "report.papers"),
+    (lambda c: c["report"]["papers"].update({"gligen": {}}), "report.papers"),
 ])
 def test_bad_config_names_the_key(default_config, mutate, fragment):
     mutate(default_config)

@@ -20,7 +20,7 @@ from ctrlbench.models.tiny import OPEN_CLIP_CFG, TINY_MARKER, build_tiny
 
 KEYS = {"sd": "sd", "controlnet": "controlnet", "sd_inpaint": "sd_inpaint", "clip": "open_clip",
         "deeplab": "deeplabv3", "aesthetic": "aesthetic", "fid": "fid_inception",
-        "llm": "causal_lm", "minilm_tiny": "text_embedder"}
+        "llm": "causal_lm", "minilm_tiny": "text_embedder", "para": "paradiffusion"}
 SENTENCES = [
     "a photo of a cat",
     "A Red-winged Blackbird, perched on a branch!!",
@@ -104,7 +104,8 @@ def test_build_writes_marker_and_every_kind_is_covered(tiny_config):
     assert sorted(os.listdir(os.path.dirname(folder))) == sorted(KEYS)
 
 
-@pytest.mark.parametrize("kind", ["sd", "controlnet", "open_clip", "deeplabv3", "aesthetic", "fid_inception"])
+@pytest.mark.parametrize("kind", ["sd", "controlnet", "open_clip", "deeplabv3", "aesthetic", "fid_inception",
+                                  "paradiffusion"])
 def test_build_is_deterministic(tiny_config, tmp_path, kind):
     key = next(k for k, v in KEYS.items() if v == kind)
     again = weights(build_tiny(kind, tmp_path / "again", seed=0))

@@ -46,6 +46,7 @@ def sd_only_config():
     config = yaml.safe_load((ROOT / "config.yaml").read_text())
     config["datasets"] = {"cub": config["datasets"]["cub"]}
     config["methods"] = {"sd": {**config["methods"]["sd_template"], "datasets": ["cub"]}}
+    config["evaluation"]["clip"]["long_text"] = ["truncate"]  # short template prompts: one chunk anyway
     config.pop("report")
     return config
 
@@ -217,8 +218,9 @@ def test_mmm2025_chain_runs_every_step_on_cub_and_flowers(mmm2025_demo):
     for name, method in config["methods"].items():
         for dataset in method["datasets"]:
             ran = summary[(summary.method == name) & (summary.dataset == dataset)]
-            # prompt lists have no real image to compare with, so no i_sim
-            expected = {"t_sim"} if config["datasets"][dataset]["format"] == "prompts" else {"t_sim", "i_sim"}
+            # prompt lists and paragraphs have no real image to compare with, so no i_sim
+            text_only = config["datasets"][dataset]["format"] in ("prompts", "paraprompts")
+            expected = {"t_sim"} if text_only else {"t_sim", "i_sim"}
             assert expected <= set(ran["metric"]), (name, dataset)
     for dataset in ("cub", "flowers"):
         items = pd.read_csv(results / "data" / dataset / "items.csv", dtype={"item_id": str})
@@ -321,3 +323,31 @@ def test_region_methods_iou_table_and_panoramas_in_the_demo(mmm2025_demo):
     t_sim = summary[(summary.dataset == "landscapes") & (summary["aggregate"] == "mean") & (summary.metric == "t_sim")]
     assert set(t_sim["method"]) == {"panorama", "sd_panorama"}
     assert t_sim.set_index("method").loc["panorama", "n"] == len(panoramas)
+
+
+def test_paradiffusion_and_chunked_clip_score_in_the_demo(mmm2025_demo):
+    """ParaDiffusion (tiny Llama + LoRA) and chunked-prompt SD on toy ParaPrompts paragraphs,
+    scored with the paragraph cut at 77 CLIP tokens and read in chunks, both labelled."""
+    workdir, config = mmm2025_demo
+    results = workdir / "results"
+    items = pd.read_csv(results / "data" / "paragraphs" / "items.csv", dtype={"item_id": str})
+    assert len(items) == config["toy"]["paraprompts"]["n_prompts"] and (items["category"] != "").all()
+    para = read_manifests(results, "paragraphs", "paradiffusion")
+    assert sorted(para["item_id"]) == sorted(items["item_id"])
+    for folder in set(para["folder"]):
+        record = json.loads((Path(folder) / "params.json").read_text())
+        assert record["text_handling"] == "llama-truncate" and record["text_tokens"]["max_text_tokens"] == 256
+
+    metrics = pd.concat(pd.read_csv(p) for p in (results / "metrics" / "paragraphs").glob("*/*/clip/shard-*.csv"))
+    assert set(metrics["metric"]) == {"t_sim", "t_sim_chunked"}  # no real images: no i_sim
+    assert set(metrics.groupby("metric")["text_handling"].first().items()) == {("t_sim", "truncate"),
+                                                                              ("t_sim_chunked", "chunked")}
+    assert (metrics["text_chunks"] > 1).all()  # every toy paragraph is longer than 77 CLIP tokens
+
+    summary = pd.read_csv(results / "tables" / "summary.csv")
+    means = summary[(summary.dataset == "paragraphs") & (summary["aggregate"] == "mean")]
+    assert {(m, x) for m, x in zip(means.method, means.metric)} == {
+        (m, x) for m in ("paradiffusion", "sd_paragraph") for x in ("t_sim", "t_sim_chunked")}
+    paper = pd.read_csv(results / "tables" / "paper_paradiffusion.csv")
+    assert set(paper["status"]) == {"ok"} and paper["paper"].isna().all()  # human votes only in the paper
+    assert set(paper["ours_method"]) == {"paradiffusion/default", "sd_paragraph/default"}

@@ -15,12 +15,13 @@ INDEX_FILES = {
     "coco": ("annotations/instances_val2017.json", "annotations/instances_train2017.json"),
     "strokes": ("prompts.csv",),
     "prompts": ("prompts.txt", "prompts.csv"),  # when root is a folder; a file root is its own index
+    "paraprompts": ("ParaPrompts_400.csv",),
 }
 
 
 def dataset_index_files(fmt: str, root: str) -> list[str]:
     base = Path(root)
-    if fmt == "prompts" and base.is_file():
+    if fmt in ("prompts", "paraprompts") and base.is_file():
         return [str(base)]
     if fmt == "cub" and (base / "CUB_200_2011").is_dir():
         base = base / "CUB_200_2011"

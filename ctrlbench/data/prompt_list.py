@@ -16,7 +16,9 @@ from __future__ import annotations
 
 import csv
 import hashlib
+import io
 from pathlib import Path
+from typing import Iterator
 
 import pandas as pd
 
@@ -85,21 +87,40 @@ def prompts_file(root) -> Path:
     return path
 
 
-def _read_text(path: Path) -> str:
+def read_text(path: Path, dataset: str = "prompts") -> str:
+    """The UTF-8 text of `path`; a DatasetError (prefixed `dataset`) names the line of the
+    first byte that is not UTF-8."""
     try:
         # utf-8-sig: spreadsheet programs often start a CSV with a byte-order mark
         return path.read_text(encoding="utf-8-sig")
     except UnicodeDecodeError as error:
         line = path.read_bytes()[:error.start].count(b"\n") + 1
-        raise DatasetError(f"prompts: {path} line {line}: not valid UTF-8 ({error.reason})") from None
+        raise DatasetError(f"{dataset}: {path} line {line}: not valid UTF-8 ({error.reason})") from None
     except OSError as error:
-        raise DatasetError(f"prompts: cannot read {path}: {error}") from None
+        raise DatasetError(f"{dataset}: cannot read {path}: {error}") from None
+
+
+def csv_rows(path: Path, text: str, dataset: str = "prompts") -> Iterator[tuple[int, list[str]]]:
+    """(line number, cells) of every record of the CSV `text` read from `path`, the header
+    included; a blank line gives []. Quoted cells may hold commas and line breaks, so the
+    whole text goes to the csv module (not text.splitlines()) and the number is the line
+    where the record starts. A csv.Error becomes a DatasetError naming the line."""
+    reader = csv.reader(io.StringIO(text, newline=""))
+    while True:
+        first_line = reader.line_num + 1
+        try:
+            cells = next(reader)
+        except StopIteration:
+            return
+        except csv.Error as error:
+            raise DatasetError(f"{dataset}: {path} line {reader.line_num}: {error}") from None
+        yield first_line, cells
 
 
 def _read_txt(path: Path) -> list[tuple[int, str, str, str]]:
     """(line number, prompt, category "", item_id "") of every prompt line."""
     entries = []
-    for number, line in enumerate(_read_text(path).splitlines(), start=1):
+    for number, line in enumerate(read_text(path).splitlines(), start=1):
         line = line.strip()
         if line and not line.startswith("#"):
             entries.append((number, line, "", ""))
@@ -109,28 +130,20 @@ def _read_txt(path: Path) -> list[tuple[int, str, str, str]]:
 def _read_csv(path: Path) -> list[tuple[int, str, str, str]]:
     """(line number, prompt, category, item_id) of every data row; an empty item_id cell
     means the prompt's hash id."""
-    text = _read_text(path)
-    reader = csv.DictReader(text.splitlines())
-    try:
-        header = reader.fieldnames
-    except csv.Error as error:
-        raise DatasetError(f"prompts: {path} line 1: {error}") from None
+    rows = csv_rows(path, read_text(path))
+    first = next(rows, None)
+    header = [name.strip() for name in first[1]] if first else []
     if not header:
         raise DatasetError(f"prompts: {path} is empty; it needs a header with a 'prompt' column. {LAYOUT}")
-    header = [name.strip() for name in header]
-    reader.fieldnames = header
     if "prompt" not in header:
         raise DatasetError(f"prompts: {path} line 1: no 'prompt' column (columns: {header}). {LAYOUT}")
     entries = []
-    try:
-        for row in reader:
-            number = reader.line_num
-            if not any((value or "").strip() for key, value in row.items() if key is not None):
-                continue  # a blank line
-            prompt = (row.get("prompt") or "").strip()
-            if not prompt:
-                raise malformed(path, number, "empty prompt")
-            entries.append((number, prompt, (row.get("category") or "").strip(), (row.get("item_id") or "").strip()))
-    except csv.Error as error:
-        raise DatasetError(f"prompts: {path} line {reader.line_num}: {error}") from None
+    for number, cells in rows:
+        row = dict(zip(header, cells))  # cells beyond the header are ignored, missing ones read as ""
+        if not any(value.strip() for value in row.values()):
+            continue  # a blank line
+        prompt = row.get("prompt", "").strip()
+        if not prompt:
+            raise malformed(path, number, "empty prompt")
+        entries.append((number, prompt, row.get("category", "").strip(), row.get("item_id", "").strip()))
     return entries

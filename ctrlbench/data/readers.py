@@ -28,17 +28,19 @@ _READERS = {
     "coco": ("ctrlbench.data.coco", "read_coco", "val"),
     "strokes": ("ctrlbench.data.strokes", "read_strokes", "test"),
     "prompts": ("ctrlbench.data.prompt_list", "read_prompts", "all"),
+    "paraprompts": ("ctrlbench.data.paraprompts", "read_paraprompts", "all"),
 }
 
 ITEM_ID_PATTERN = re.compile(r"^[A-Za-z0-9._-]+$")
 
 
 def read_dataset(fmt: str, root, split: str | None = None) -> pd.DataFrame:
-    """Read dataset `fmt` ("cub" | "flowers" | "coco" | "strokes" | "prompts") under `root`
+    """Read dataset `fmt` ("cub" | "flowers" | "coco" | "strokes" | "prompts" |
+    "paraprompts") under `root`
     as an items table.
 
     `split` defaults to the dataset's evaluation split ("test"; "val" for COCO; "all" for
-    a prompt list, which has no splits).
+    a prompt list or ParaPrompts, which have no splits).
     """
     if fmt not in _READERS:
         raise DatasetError(f"unknown dataset format {fmt!r}; expected one of {sorted(_READERS)}")

@@ -12,6 +12,8 @@ sibling folder and renames it into place at the end, replacing an earlier toy co
 from __future__ import annotations
 
 import contextlib
+import csv
+import hashlib
 import io
 import json
 import os
@@ -29,6 +31,8 @@ from PIL import Image, ImageDraw
 from ctrlbench.data.coco import COCO_CATEGORIES
 from ctrlbench.data.cub import CERTAINTIES, CUB_ATTRIBUTE_GROUPS, CUB_ATTRIBUTES, CUB_CLASS_NAMES, CUB_COLORS
 from ctrlbench.data.flowers import FLOWERS_CLASS_NAMES
+from ctrlbench.data.paraprompts import COLUMNS as PARAPROMPTS_COLUMNS
+from ctrlbench.data.paraprompts import FILE_NAME as PARAPROMPTS_FILE
 from ctrlbench.errors import DatasetError
 
 JPEG_QUALITY = 90
@@ -46,9 +50,10 @@ RGB = {
 
 def make_toy(dataset_format: str, root, **kwargs) -> Path:
     """Write the toy copy of `dataset_format` ("cub" | "flowers" | "coco" | "strokes" |
-    "prompts") at `root`."""
+    "prompts" | "paraprompts") at `root`."""
     makers = {"cub": make_toy_cub, "flowers": make_toy_flowers, "coco": make_toy_coco,
-              "strokes": make_toy_strokes_dataset, "prompts": make_toy_prompts}
+              "strokes": make_toy_strokes_dataset, "prompts": make_toy_prompts,
+              "paraprompts": make_toy_paraprompts}
     if dataset_format not in makers:
         raise DatasetError(f"unknown dataset format {dataset_format!r}; expected one of {sorted(makers)}")
     return makers[dataset_format](root, **kwargs)
@@ -541,6 +546,125 @@ def make_toy_prompts(root, n_prompts: int = 4, image_size: int = 64, seed: int =
     with _staged(root, "prompts", dict(n_prompts=n_prompts, seed=seed)) as staging:
         header = ["# ctrlbench toy prompt list: one prompt a line (see docs/data.md)"]
         _write_text(staging / "prompts.txt", _lines(header + prompts))
+    return Path(root)
+
+
+# --- ParaPrompts-400 (paragraph prompts) ------------------------------------------------------
+
+# (category, English scene, Chinese summary). Each toy paragraph is a scene followed by one
+# closing sentence: 8 scenes x 3 closings = 24 paragraphs of 100-140 words, all longer than
+# CLIP's 77-token context, as the real ParaPrompts paragraphs are.
+_PARA_SCENES = (
+    ("Human",
+     "A young woman with short black hair sits on a wooden bench in a small park, reading a thick book "
+     "with a green cover. She wears a yellow raincoat, blue jeans and white sneakers, and a brown leather "
+     "bag rests beside her on the bench. To her left, an old man in a grey coat and a flat cap is feeding "
+     "pigeons from a paper bag, and several birds gather around his feet. Behind them, a row of tall plane "
+     "trees lines a gravel path, where a boy in a red jacket rides a small bicycle toward a fountain.",
+     "一位短黑发的年轻女子坐在公园的木长椅上看书，旁边一位穿灰色外套的老人在喂鸽子，后面的小路上一个穿红夹克的男孩骑着自行车。"),
+    ("Animal",
+     "A large brown dog with floppy ears lies on a faded red carpet in front of a fireplace, its head "
+     "resting on its front paws. Next to the dog, a small grey cat with white paws is curled up inside a "
+     "woven basket lined with a blue blanket. On the stone mantel stand two brass candlesticks and a clock "
+     "with a round white face, and a pile of split logs is stacked on the right side. A window on the left "
+     "shows falling snow, and a pair of black boots stands on the floor beneath it.",
+     "一只棕色大狗趴在壁炉前的红地毯上，旁边的篮子里蜷着一只灰色小猫，壁炉上放着烛台和时钟，左边窗外下着雪。"),
+    ("Landscape",
+     "A narrow river winds through a wide green valley, its water clear enough to show the smooth grey "
+     "stones on the bottom. On the near bank, tall grass and small purple flowers bend in the wind, and a "
+     "wooden fence runs down to the water. Across the river, a herd of white sheep grazes on a gentle "
+     "slope, watched by a shepherd holding a long stick. Far in the distance, snow-capped mountains rise "
+     "above a dark pine forest, and a thin line of smoke climbs from the chimney of a lonely farmhouse.",
+     "一条清澈的小河蜿蜒穿过绿色山谷，河岸上开着紫色小花，对岸山坡上有一群白羊和一位牧羊人，远处是雪山和松林。"),
+    ("Architecture",
+     "An old stone church with a tall pointed bell tower stands at the end of a cobbled square. Its heavy "
+     "wooden doors are painted dark green, and above them a round stained glass window shines in red, blue "
+     "and gold. On the left side of the square, a row of narrow houses with orange tiled roofs stands close "
+     "together, each with flower boxes under its windows. A bakery on the corner has a hand-painted sign "
+     "that reads \"FRESH BREAD\", and two bicycles lean against the wall beneath it.",
+     "一座带尖顶钟楼的古老石头教堂矗立在鹅卵石广场尽头，左边是一排橙色屋顶的窄房子，街角面包店的招牌上写着“新鲜面包”。"),
+    ("Indoor",
+     "A bright kitchen has white cabinets along the back wall and a long wooden counter in the middle of "
+     "the room. On the counter lie a cutting board with sliced tomatoes, a glass bowl of lemons, and a "
+     "silver kettle with a black handle. Three tall stools with round seats stand in front of the counter, "
+     "and a striped towel hangs from the oven door. Sunlight comes through a large window above the sink, "
+     "where a row of small potted herbs grows on the sill, and a calendar with a picture of the sea hangs "
+     "beside it.",
+     "明亮的厨房里有白色橱柜和长木台，台上放着切好的番茄、一碗柠檬和银色水壶，水槽上方的窗台上种着香草。"),
+    ("Food",
+     "A round white plate in the middle of a dark wooden table holds a stack of thick pancakes covered with "
+     "fresh strawberries, blueberries and a spoonful of whipped cream. Golden syrup runs down the sides of "
+     "the stack and gathers at the edge of the plate. To the right stand a tall glass of orange juice and a "
+     "small jug of milk, and on the left lie a silver fork, a knife and a folded napkin with blue checks. "
+     "Behind the plate, a basket of croissants and a jar of honey with a wooden dipper complete the breakfast.",
+     "深色木桌中间的白盘子里放着一摞松饼，上面有草莓、蓝莓和奶油，右边是一杯橙汁和一小壶牛奶，后面有一篮牛角包和一罐蜂蜜。"),
+    ("Vehicle",
+     "A red double-decker bus drives along a wet city street, its headlights reflected in the puddles on "
+     "the road. Several passengers can be seen through the upper windows, one of them a girl pressing her "
+     "hand against the glass. In front of the bus, a yellow taxi waits at a traffic light, and a cyclist in "
+     "a green helmet stops beside it with one foot on the curb. On the pavement, people with black umbrellas "
+     "hurry past shop windows, and a newspaper stand with colourful magazines stands under a striped awning.",
+     "一辆红色双层巴士行驶在湿漉漉的城市街道上，前面一辆黄色出租车在等红灯，人行道上撑着黑伞的行人匆匆走过。"),
+    ("Art",
+     "A large oil painting hangs on a pale blue wall in a quiet gallery, showing a sailing ship on a stormy "
+     "sea under dark clouds. The painting has a heavy golden frame, and a small white card with its title "
+     "is fixed to the wall beside it. In front of the painting, an elderly couple stands holding hands, the "
+     "woman pointing at the waves with her free hand. A long grey bench stands in the middle of the room, "
+     "and through an open doorway on the right, a marble statue of a horse can be seen in the next hall.",
+     "安静的画廊里，淡蓝色墙上挂着一幅描绘暴风雨中帆船的油画，画前一对老夫妇手牵手站着，右边门后能看到一座大理石马的雕像。"),
+)
+_PARA_CLOSINGS = (
+    ("The light is soft and warm, and the whole scene feels calm and peaceful.",
+     "光线柔和温暖，整个画面安静祥和。"),
+    ("It is early evening, the sky is turning orange and pink, and long shadows stretch across the scene, "
+     "giving the picture a quiet, slightly nostalgic mood.",
+     "傍晚时分，天空变成橙色和粉色，长长的影子投在画面上，带着一丝怀旧的气息。"),
+    ("The background is slightly blurred, so the eye goes first to the foreground, where every object is "
+     "sharp and full of small details.",
+     "背景略微虚化，前景中的每样东西都清晰而富有细节。"),
+)
+
+
+def _toy_paragraphs(seed: int) -> list[tuple[str, str, str]]:
+    """(category, English paragraph, Chinese) in file order: every scene with the first
+    closing, then every scene with the second, ... (scenes in the same order), so any 8
+    consecutive paragraphs cover all 8 categories. seed 0: the order as written; another seed shuffles the
+    scenes and the closings (a fixed shuffle per seed)."""
+    scenes, closings = np.arange(len(_PARA_SCENES)), np.arange(len(_PARA_CLOSINGS))
+    if seed != 0:
+        rng = np.random.default_rng([seed])
+        scenes, closings = rng.permutation(scenes), rng.permutation(closings)
+    paragraphs = []
+    for c in closings:
+        closing, closing_chinese = _PARA_CLOSINGS[c]
+        for s in scenes:
+            category, scene, chinese = _PARA_SCENES[s]
+            paragraphs.append((category, f"{scene} {closing}", chinese + closing_chinese))
+    return paragraphs
+
+
+def make_toy_paraprompts(root, n_prompts: int = 3, image_size: int = 64, seed: int = 0) -> Path:
+    """Write <root>/ParaPrompts_400.csv in the real format: the header
+    Image,Prompt,Category,Prompt_Chinese and one row per paragraph, csv-quoted.
+
+    The paragraphs (100-140 words, 8 categories) are built from the scenes above; the file
+    holds the first n_prompts of `_toy_paragraphs(seed)`, so a larger count only appends
+    rows. Image is md5(paragraph) + ".JPEG", like the real names (32 hex digits); there is
+    no image file. `image_size` is accepted (the workflow passes it to every toy maker)
+    and unused.
+    """
+    _check_counts(n_prompts=n_prompts)
+    _check_range("n_prompts", n_prompts, len(_PARA_SCENES) * len(_PARA_CLOSINGS))
+    _check_image_size(image_size)
+    _check_seed(seed)
+    buffer = io.StringIO()
+    writer = csv.writer(buffer, lineterminator="\n")  # minimal quoting, as the real file
+    writer.writerow(PARAPROMPTS_COLUMNS)
+    for category, paragraph, chinese in _toy_paragraphs(seed)[:n_prompts]:
+        image = hashlib.md5(paragraph.encode("utf-8")).hexdigest() + ".JPEG"
+        writer.writerow([image, paragraph, category, chinese])
+    with _staged(root, "paraprompts", dict(n_prompts=n_prompts, seed=seed)) as staging:
+        _write_text(staging / PARAPROMPTS_FILE, buffer.getvalue())
     return Path(root)
 
 

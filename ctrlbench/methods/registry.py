@@ -146,6 +146,26 @@ REGION_BASELINE_DEFAULTS = {
     "samples_per_item": 1,
 }
 
+# Where the 7B text encoder runs, and in which dtype (docs/methods/paradiffusion.md).
+PARADIFFUSION_PLACEMENTS = ("device", "cpu", "offload", "device_map")
+PARADIFFUSION_ENCODER_DTYPES = ("auto", "float32", "float16", "bfloat16")
+
+PARADIFFUSION_DEFAULTS = {
+    # ParaDiffusion (its demo.py: 1024x640, DPMSolver multistep 100 steps, guidance 7.5,
+    # seed 45): Llama-2 + LoRA paragraph features straight into the UNet.
+    "num_inference_steps": 100,
+    "guidance_scale": 7.5,
+    "height": 640,
+    "width": 1024,
+    "images_per_prompt": 1,
+    "batch_size": 4,
+    "seed": 45,
+    "negative_prompt": "",
+    "max_text_tokens": 256,          # the tokenizer pads (with EOS) and truncates to this length
+    "text_encoder_dtype": "auto",    # auto (= the job dtype) | float32 | float16 | bfloat16
+    "text_encoder_placement": "device",  # device | cpu | offload | device_map (docs/methods/paradiffusion.md)
+}
+
 METHOD_DEFAULTS = {
     "sd": SD_DEFAULTS,
     "controlnet": CONTROLNET_DEFAULTS,
@@ -158,4 +178,5 @@ METHOD_DEFAULTS = {
     "multidiffusion_regions": MULTIDIFFUSION_REGIONS_DEFAULTS,
     "si": REGION_BASELINE_DEFAULTS,
     "bld": REGION_BASELINE_DEFAULTS,
+    "paradiffusion": PARADIFFUSION_DEFAULTS,
 }

@@ -59,11 +59,16 @@ def batches(jobs: list, key, size: int) -> list[list]:
 
 
 @torch.inference_mode()
-def generate(pipe, prompts: pd.DataFrame, params: dict, out_dir: Path) -> pd.DataFrame:
-    """Generate every prompt's images in batches; return the manifest rows."""
+def generate(pipe, prompts: pd.DataFrame, params: dict, out_dir: Path, embeds: dict | None = None) -> pd.DataFrame:
+    """Generate every prompt's images in batches; return the manifest rows.
+
+    `embeds` ({prompt: (positive, negative)}, each [1, L, D]) replaces the pipeline's own
+    CLIP encoding: ParaDiffusion passes its Llama features here.
+    """
     device, dtype = pipe.device, pipe.unet.dtype
     n, height, width = params["images_per_prompt"], params["height"], params["width"]
-    embeds = encode_prompts(pipe, prompts["prompt"].tolist(), params["negative_prompt"], device)
+    if embeds is None:
+        embeds = encode_prompts(pipe, prompts["prompt"].tolist(), params["negative_prompt"], device)
     jobs = []  # one entry per image: (position, prompt row, sample index, its initial noise)
     for row in prompts.itertuples(index=False):
         latents = initial_latents(pipe, n, height, width, params["seed"], dtype)

@@ -7,6 +7,9 @@ Three kinds of cache file (.npz, written atomically), one per shard:
 Each holds `emb` (float32, L2-normalised, one row per key row) and the model key.
 Base selection (mmm2025 "AS") and the t-SIM / i-SIM metrics all read these files,
 so no image is encoded twice (the original re-encoded every candidate per query).
+A prompt cache also has the key columns n_tokens / n_chunks (CLIP content tokens and
+77-token chunks of each prompt; NaN for a tokenizer that is not CLIP BPE) and, when
+long_text includes "chunked", the array `emb_chunked` (see metrics/long_text.py).
 """
 
 from __future__ import annotations
@@ -20,6 +23,7 @@ from PIL import Image
 from .. import io
 from ..config import resolve_device
 from ..errors import InputError
+from .long_text import check_long_text, count_tokens, encode_chunked, is_clip_bpe
 
 
 def _load_clip(config: dict, model_key: str):
@@ -43,20 +47,25 @@ def open_rgb(path: str | Path) -> Image.Image:
         raise InputError(f"image {path} cannot be read: {error}") from None
 
 
-def save_embeddings(path, keys: pd.DataFrame, emb: np.ndarray, model_key: str) -> None:
+def save_embeddings(path, keys: pd.DataFrame, emb: np.ndarray, model_key: str,
+                    extra: dict[str, np.ndarray] | None = None) -> None:
+    """`extra`: further named float32 arrays (e.g. emb_chunked), one row per key row."""
     # Strings as fixed-width unicode, not objects: the cache loads with allow_pickle=False.
     arrays = {f"key_{column}": (keys[column].to_numpy() if pd.api.types.is_numeric_dtype(keys[column])
                                 else keys[column].astype(str).to_numpy(dtype=str)) for column in keys.columns}
     with io.atomic_path(path) as tmp:
         with open(tmp, "wb") as fh:
-            np.savez(fh, emb=np.asarray(emb, dtype=np.float32), model=np.array(model_key), **arrays)
+            np.savez(fh, emb=np.asarray(emb, dtype=np.float32), model=np.array(model_key), **arrays,
+                     **{name: np.asarray(value, dtype=np.float32) for name, value in (extra or {}).items()})
 
 
-def load_embeddings(path) -> tuple[pd.DataFrame, np.ndarray]:
-    """(keys table, embeddings) of a cache file."""
+def load_embeddings(path, name: str = "emb") -> tuple[pd.DataFrame, np.ndarray]:
+    """(keys table, embeddings) of a cache file; `name` picks another array (e.g. emb_chunked)."""
     with np.load(path, allow_pickle=False) as data:
-        keys = pd.DataFrame({name[4:]: data[name] for name in data.files if name.startswith("key_")})
-        emb = data["emb"]
+        if name not in data.files:
+            raise InputError(f"embedding cache {path} has no '{name}' array")
+        keys = pd.DataFrame({column[4:]: data[column] for column in data.files if column.startswith("key_")})
+        emb = data[name]
     if "item_id" in keys:
         keys["item_id"] = keys["item_id"].astype(str)
     return keys, emb
@@ -86,14 +95,28 @@ def embed_real_images(config: dict, model_key: str, items_csv: str, out_npz: str
     save_embeddings(out_npz, keys, emb, model_key)
 
 
-def embed_prompts(config: dict, model_key: str, prompts_csv: str, out_npz: str, batch_size: int = 32):
-    """Prompts longer than CLIP's 77 tokens are truncated by the CLIP tokenizer."""
+def embed_prompts(config: dict, model_key: str, prompts_csv: str, out_npz: str, batch_size: int = 32,
+                  long_text=("truncate",)):
+    """`emb`: open_clip's truncating encoding (first 75 tokens; base selection reads it too),
+    always written; `emb_chunked` only when long_text includes "chunked" (metrics/long_text.py)."""
+    long_text = check_long_text(long_text)
     prompts = pd.read_csv(prompts_csv, dtype={"item_id": str}, keep_default_na=False)
     keys = prompts[["item_id", "prompt"]].copy()
+    texts = keys["prompt"].tolist()
+    extra = {}
     if len(keys):
         clip = _load_clip(config, model_key)
-        emb = np.concatenate([clip.encode_texts(keys["prompt"].iloc[s:s + batch_size].tolist()).float().cpu().numpy()
-                              for s in range(0, len(keys), batch_size)])
+        emb = clip.encode_texts(texts, batch_size).float().cpu().numpy()
+        if "chunked" in long_text:
+            extra["emb_chunked"] = encode_chunked(clip, texts, batch_size)
+        # Lengths for the metric rows; a tokenizer that is not CLIP BPE cannot count them.
+        counts = ([count_tokens(clip.tokenizer, text) for text in texts] if is_clip_bpe(clip.tokenizer)
+                  else [(np.nan, np.nan)] * len(texts))
+        keys["n_tokens"] = [n_tokens for n_tokens, _ in counts]
+        keys["n_chunks"] = [n_chunks for _, n_chunks in counts]
     else:
         emb = np.zeros((0, 0), np.float32)
-    save_embeddings(out_npz, keys, emb, model_key)
+        keys["n_tokens"], keys["n_chunks"] = np.zeros(0, np.int64), np.zeros(0, np.int64)
+        if "chunked" in long_text:
+            extra["emb_chunked"] = emb
+    save_embeddings(out_npz, keys, emb, model_key, extra)

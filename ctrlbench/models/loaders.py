@@ -191,6 +191,8 @@ _WHAT = {
     "fid_inception": f"torch-fidelity Inception weights from {INCEPTION_URL}",
     "causal_lm": "transformers causal LM folder (config.json, weights, tokenizer)",
     "text_embedder": "sentence-transformers model folder (modules.json)",
+    "paradiffusion": "ParaDiffusion weights folder (Llama-2-7b-hf/ scheduler/ sdxl-vae-fp16-fix/ "
+                     "text_encoder_lora/ unet/)",
 }
 
 
@@ -450,6 +452,15 @@ def _load_text_embedder(where, device, dtype):
     return load_text_embedder(where, device, dtype)
 
 
+def _load_paradiffusion(where, device, dtype):
+    from .paradiffusion import locate_weights  # checks the folder; the parts load in the job
+
+    if not where.local:
+        raise where.missing(f"set models.{where.key}.source to the local {_WHAT['paradiffusion']}; "
+                            f"see docs/methods/paradiffusion.md for where to get each part")
+    return locate_weights(where.source, where.key)
+
+
 _LOADERS: dict[str, Callable[[_Where, str, Any], Any]] = {
     "sd": _load_sd,
     "controlnet": _load_controlnet,
@@ -460,6 +471,7 @@ _LOADERS: dict[str, Callable[[_Where, str, Any], Any]] = {
     "fid_inception": _load_fid,
     "causal_lm": _load_causal_lm,
     "text_embedder": _load_text_embedder,
+    "paradiffusion": _load_paradiffusion,
 }
 
 
@@ -469,7 +481,8 @@ def load_model(config: dict, key: str, device: str = "cpu", dtype: torch.dtype =
     Returns: sd -> StableDiffusionPipeline, sd_inpaint -> StableDiffusionInpaintPipeline,
     controlnet -> ControlNetModel, open_clip -> ClipModel, deeplabv3 -> nn.Module
     ({"out": [N, 21, H, W]}), aesthetic -> AestheticMLP, fid_inception -> nn.Module usable
-    as torchmetrics' `feature=`. Raises ModelNotFoundError when the model is not on disk
+    as torchmetrics' `feature=`, paradiffusion -> ParaDiffusionWeights (a checked folder whose
+    parts ctrlbench.models.paradiffusion loads). Raises ModelNotFoundError when the model is not on disk
     (and may not be downloaded).
     """
     where = _locate(config, key)

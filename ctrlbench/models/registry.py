@@ -13,7 +13,7 @@ from ..errors import ConfigError
 
 TINY = "tiny"
 MODEL_KINDS = ("sd", "controlnet", "sd_inpaint", "open_clip", "deeplabv3", "aesthetic", "fid_inception",
-               "causal_lm", "text_embedder")
+               "causal_lm", "text_embedder", "paradiffusion")
 
 
 def model_entry(config: dict, key: str) -> dict:

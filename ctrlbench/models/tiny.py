@@ -185,6 +185,12 @@ def _build_text_embedder(out: Path) -> None:
     build_tiny_text_embedder(out)
 
 
+def _build_paradiffusion(out: Path) -> None:
+    from .paradiffusion import build_tiny_paradiffusion
+
+    build_tiny_paradiffusion(out)
+
+
 _BUILDERS = {
     "sd": _build_sd,
     "controlnet": _build_controlnet,
@@ -195,6 +201,7 @@ _BUILDERS = {
     "fid_inception": _build_fid,
     "causal_lm": _build_causal_lm,
     "text_embedder": _build_text_embedder,
+    "paradiffusion": _build_paradiffusion,
 }
 
 

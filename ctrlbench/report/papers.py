@@ -8,6 +8,10 @@ another set of images), so they are separate rows here.
 multidiffusion: the region-based IoU table (DeepLabv3 on the COCO region subset,
 per-image mean IoU over the objects, mean +/- std over images), which TCIG's paper
 repeats with its own row.
+
+paradiffusion: the paper compares ParaDiffusion with its baselines by human votes only,
+so its table has no paper numbers (NaN): it puts our CLIP scores of ParaDiffusion and
+the chunked-prompt SD baseline on ParaPrompts side by side, truncated and chunked text.
 """
 
 from __future__ import annotations
@@ -38,12 +42,18 @@ MULTIDIFFUSION_IOU = {
     "TCIG": (0.30, 0.26),
 }
 
+# paradiffusion: rows without paper numbers (human votes only), on ParaPrompts.
+PARADIFFUSION_ROWS = ("ParaDiffusion", "SD (chunked long prompt)")
+PARADIFFUSION_METRICS = ("t_sim", "t_sim_chunked")
+
 # paper -> row -> [(dataset format, metric, paper mean, paper std)]
 PAPERS = {
     "mmm2025": {row: [(fmt, metric, value, math.nan)
                       for fmt, values in numbers.items() for metric, value in zip(("t_sim", "i_sim"), values)]
                 for row, numbers in MMM2025.items()},
     "multidiffusion": {row: [("coco", "iou", mean, std)] for row, (mean, std) in MULTIDIFFUSION_IOU.items()},
+    "paradiffusion": {row: [("paraprompts", metric, math.nan, math.nan) for metric in PARADIFFUSION_METRICS]
+                      for row in PARADIFFUSION_ROWS},
 }
 # The CLIP scale a paper's numbers use; ours must match for the numbers to compare.
 PAPER_CLIP_SCALE = {"mmm2025": PAPER_SCALE}

@@ -1,0 +1,7 @@
+from ctrlbench.jobs import job_config, logged
+from ctrlbench.methods.paradiffusion import run_shard
+
+p = snakemake.params
+with logged(snakemake.log[0], threads=snakemake.threads):
+    run_shard(job_config(p.runtime, p.models), p.model_key, snakemake.input.prompts,
+              snakemake.output[0], p.params)
