@@ -6,7 +6,7 @@ VENV ?= .venv
 CORES ?= 2
 STAMP := $(VENV)/.ctrlbench-installed
 
-.PHONY: demo test lint venv clean
+.PHONY: demo test lint venv clean browser
 
 venv: $(STAMP)
 
@@ -19,8 +19,16 @@ $(STAMP): pyproject.toml requirements.lock
 demo: $(STAMP)
 	$(VENV)/bin/snakemake --cores $(CORES) --workflow-profile profiles/default
 
-test: $(STAMP)
-	$(VENV)/bin/python -m pytest -q
+# Debian's chromium for the HTML report's browser test; where it cannot be installed (no
+# root, no apt) the test is skipped with the reason printed.
+browser:
+	@command -v chromium >/dev/null || (command -v apt-get >/dev/null && \
+		(apt-get install -y -q chromium >/dev/null 2>&1 || \
+		 (apt-get update -q >/dev/null && apt-get install -y -q chromium >/dev/null)) ) || \
+		echo "chromium not installed: the browser test will be skipped"
+
+test: $(STAMP) browser
+	$(VENV)/bin/python -m pytest -q -rs
 
 lint: $(STAMP)
 	$(VENV)/bin/snakemake --lint

@@ -30,6 +30,7 @@ rule all:
     input:
         summary_table(),
         paper_tables(),
+        html_report_file(),
     default_target: True
     localrule: True
 

@@ -116,6 +116,8 @@ METHOD_MODEL_KINDS = {
 # Methods generating from target masks (COCO objects): their datasets must be COCO, and
 # evaluation.iou scores them.
 REGION_KINDS = ("tcig", "multidiffusion_regions", "si", "bld")
+# Dataset formats without real images: no i_sim, no FID against "real".
+TEXT_ONLY_FORMATS = ("prompts", "paraprompts")
 
 
 def _check_model(config: dict, key: str, where: str, kinds: tuple[str, ...]) -> None:
@@ -246,6 +248,30 @@ def check_references(config: dict) -> None:
     iou = config.get("evaluation", {}).get("iou")
     if iou:
         _check_model(config, iou["model"], "evaluation.iou.model", ("deeplabv3",))
+    aesthetic = config.get("evaluation", {}).get("aesthetic")
+    if aesthetic:
+        _check_model(config, aesthetic["model"], "evaluation.aesthetic.model", ("aesthetic",))
+        _check_model(config, aesthetic["clip"], "evaluation.aesthetic.clip", ("open_clip",))
+    fid = config.get("evaluation", {}).get("fid")
+    if fid:
+        _check_model(config, fid["model"], "evaluation.fid.model", ("fid_inception",))
+        references = fid["reference"] if isinstance(fid["reference"], dict) else {}
+        unknown = sorted(set(references) - set(datasets) - {"default"})
+        if unknown:
+            raise ConfigError(f"evaluation.fid.reference: unknown dataset(s) {', '.join(unknown)} "
+                              f"(datasets: {', '.join(sorted(datasets))})")
+        for dataset in sorted({d for method in methods.values() for d in method["datasets"]}):
+            where = f"evaluation.fid.reference.{dataset}"
+            if dataset in references and references[dataset] == "real" \
+                    and datasets[dataset]["format"] in TEXT_ONLY_FORMATS:
+                raise ConfigError(f"{where}: dataset '{dataset}' ({datasets[dataset]['format']}) has no "
+                                  f"real images; name a method whose images are the reference, or none")
+            reference = fid_reference(config, dataset)
+            if reference not in ("real", "none"):
+                source, _ = resolve_ref(config, reference, where)
+                if dataset not in methods[source]["datasets"]:
+                    raise ConfigError(f"{where}: reference method '{source}' does not run on "
+                                      f"dataset '{dataset}'")
     from .report.papers import PAPERS  # light: pandas only
 
     for paper, rows in (config.get("report", {}).get("papers") or {}).items():
@@ -253,6 +279,15 @@ def check_references(config: dict) -> None:
             if row not in PAPERS[paper]:
                 raise ConfigError(f"report.papers.{paper}: unknown row '{row}' (rows: {', '.join(PAPERS[paper])})")
             resolve_ref(config, ref, f"report.papers.{paper}.{row}")
+
+
+def fid_reference(config: dict, dataset: str) -> str:
+    """What a dataset's FID compares against: "real", "none", or a method[/paramset] ref
+    (as written in evaluation.fid.reference; a string applies to every dataset)."""
+    reference = config["evaluation"]["fid"]["reference"]
+    if isinstance(reference, dict):
+        reference = reference.get(dataset, reference.get("default", "real"))
+    return reference
 
 
 def evaluation_prompts(config: dict, dataset: str) -> str | None:

@@ -176,8 +176,12 @@ def all_metric_shards(wildcards):
             metrics.append("faithfulness")
         if kind in cb_config.REGION_KINDS and CONFIG["evaluation"].get("iou"):
             metrics.append("iou")
+        if CONFIG["evaluation"].get("aesthetic"):
+            metrics.append("aesthetic")
         files += [f"{RESULTS}/metrics/{dataset}/{method}/{paramset}/{metric}/shard-{shard}.csv"
                   for metric in metrics for shard in SHARDS]
+    # set-level metrics: one file per run
+    files += [f"{RESULTS}/metrics/{dataset}/{method}/{paramset}/fid/set.csv" for dataset, method, paramset in fid_runs()]
     return files
 
 
@@ -205,6 +209,7 @@ def select_inputs(wildcards):
 
 
 CLIP_EVAL = CONFIG["evaluation"]["clip"]
+FID_EVAL = CONFIG["evaluation"].get("fid")
 
 
 def prompt_set_shard(wildcards):
@@ -214,7 +219,7 @@ def prompt_set_shard(wildcards):
 
 def has_real_images(dataset):
     """Prompt-list and ParaPrompts datasets have no real images, so no i_sim."""
-    return CONFIG["datasets"][dataset]["format"] not in ("prompts", "paraprompts")
+    return CONFIG["datasets"][dataset]["format"] not in cb_config.TEXT_ONLY_FORMATS
 
 
 def clip_similarity_inputs(wildcards):
@@ -244,6 +249,27 @@ def paper_table(paper):
     return f"{RESULTS}/tables/paper_{paper}.csv"
 
 
+def html_report_file():
+    return f"{RESULTS}/report/index.html"
+
+
+def run_datasets():
+    """The datasets some method runs on."""
+    return sorted({dataset for dataset, _, _ in method_runs()})
+
+
+def grid_runs(wildcards):
+    """One image grid per (method, parameter set) run on the dataset."""
+    return [{"dataset": dataset, "method": method, "paramset": paramset,
+             "shard_dirs": [images_dir(dataset, method, paramset, shard) for shard in SHARDS]}
+            for dataset, method, paramset in method_runs() if dataset == wildcards.dataset]
+
+
+def grid_inputs(wildcards):
+    after_items(wildcards.dataset)
+    return [folder for run in grid_runs(wildcards) for folder in run["shard_dirs"]]
+
+
 def paper_tables():
     """The comparison table of every paper report.papers maps rows for."""
     return [paper_table(paper) for paper in CONFIG.get("report", {}).get("papers", {})]
@@ -257,5 +283,52 @@ def print_results_location():
         for table_path in map(Path, paper_tables()):
             if table_path.exists():
                 print(f"Paper comparison: {table_path.resolve()}")
+        if Path(html_report_file()).exists():
+            print(f"HTML report: {Path(html_report_file()).resolve()}")
         print()
         print(table.read_text())
+
+
+# --- FID / KID and the aesthetic score ------------------------------------------------------
+
+def fid_images_cache(model, dataset, method, paramset, shard):
+    return f"{RESULTS}/cache/fid/{model}/{dataset}/images/{method}/{paramset}/shard-{shard}.npz"
+
+
+def fid_real_cache(model, dataset, shard):
+    return f"{RESULTS}/cache/fid/{model}/{dataset}/real/shard-{shard}.npz"
+
+
+def fid_reference_name(dataset):
+    """None (no FID for this dataset), "real", or "<method>@<paramset>" (a file-name form
+    of the reference run) from evaluation.fid.reference."""
+    reference = cb_config.fid_reference(CONFIG, dataset)
+    if reference == "none" or (reference == "real" and not has_real_images(dataset)):
+        return None
+    if reference == "real":
+        return "real"
+    return "@".join(cb_config.resolve_ref(CONFIG, reference, f"evaluation.fid.reference.{dataset}"))
+
+
+def fid_reference_file(dataset):
+    return f"{RESULTS}/cache/fid/{FID_EVAL['model']}/{dataset}/reference/{fid_reference_name(dataset)}.npz"
+
+
+def fid_reference_shards(wildcards):
+    """The per-shard feature caches that make up a dataset's reference set."""
+    after_items(wildcards.dataset)
+    if wildcards.reference == "real":
+        return [fid_real_cache(wildcards.model, wildcards.dataset, shard) for shard in SHARDS]
+    method, paramset = wildcards.reference.split("@", 1)
+    return [fid_images_cache(wildcards.model, wildcards.dataset, method, paramset, shard) for shard in SHARDS]
+
+
+def fid_runs():
+    """(dataset, method, paramset) scored by FID/KID: not where the dataset has no
+    reference, and not the reference run against itself."""
+    if not CONFIG["evaluation"].get("fid"):
+        return
+    for dataset, method, paramset in method_runs():
+        reference = fid_reference_name(dataset)
+        if reference is not None and reference != f"{method}@{paramset}":
+            yield dataset, method, paramset

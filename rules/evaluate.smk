@@ -127,3 +127,110 @@ rule iou:
         f"{RESULTS}/logs/iou/{{dataset}}/{{method}}/{{paramset}}/shard-{{shard}}.log",
     script:
         "../scripts/iou.py"
+
+
+# FID / KID (set-level): Inception features of every image, computed once per shard;
+# reference statistics once per dataset (the real images, or a reference method's images
+# such as single-view SD for panoramas), shared by every method and parameter set.
+
+
+rule fid_image_features:
+    input:
+        source=shard_images,
+        model=lambda wc: model_inputs(CONFIG, wc.model),
+    output:
+        fid_images_cache("{model}", "{dataset}", "{method}", "{paramset}", "{shard}"),
+    params:
+        what="images",
+        models=lambda wc: {wc.model: CONFIG["models"][wc.model]},
+        runtime=runtime(),
+        batch_size=lambda wc: FID_EVAL["batch_size"],
+        antialias=lambda wc: FID_EVAL["antialias"],
+    resources:
+        gpu=1,
+    conda:
+        CONDA_ENV
+    log:
+        f"{RESULTS}/logs/fid_features/{{model}}/{{dataset}}/images/{{method}}/{{paramset}}/shard-{{shard}}.log",
+    script:
+        "../scripts/fid_features.py"
+
+
+rule fid_real_features:
+    input:
+        source=shard_items,
+        model=lambda wc: model_inputs(CONFIG, wc.model),
+    output:
+        fid_real_cache("{model}", "{dataset}", "{shard}"),
+    params:
+        what="real",
+        models=lambda wc: {wc.model: CONFIG["models"][wc.model]},
+        runtime=runtime(),
+        batch_size=lambda wc: FID_EVAL["batch_size"],
+        antialias=lambda wc: FID_EVAL["antialias"],
+    resources:
+        gpu=1,
+    conda:
+        CONDA_ENV
+    log:
+        f"{RESULTS}/logs/fid_features/{{model}}/{{dataset}}/real/shard-{{shard}}.log",
+    script:
+        "../scripts/fid_features.py"
+
+
+rule fid_reference:
+    input:
+        fid_reference_shards,
+    output:
+        f"{RESULTS}/cache/fid/{{model}}/{{dataset}}/reference/{{reference}}.npz",
+    params:
+        reference=lambda wc: wc.reference.replace("@", "/"),
+    wildcard_constraints:
+        reference=r"real|[A-Za-z][A-Za-z0-9_]*@[^/]+",
+    conda:
+        CONDA_ENV
+    log:
+        f"{RESULTS}/logs/fid_reference/{{model}}/{{dataset}}/{{reference}}.log",
+    script:
+        "../scripts/fid_reference.py"
+
+
+rule fid_kid:
+    input:
+        reference=lambda wc: fid_reference_file(wc.dataset),
+        images=lambda wc: [fid_images_cache(FID_EVAL["model"], wc.dataset, wc.method, wc.paramset, shard)
+                           for shard in SHARDS],
+    output:
+        f"{RESULTS}/metrics/{{dataset}}/{{method}}/{{paramset}}/fid/set.csv",
+    params:
+        model_key=lambda wc: FID_EVAL["model"],
+        antialias=lambda wc: FID_EVAL["antialias"],
+        kid_subset_size=lambda wc: FID_EVAL["kid_subset_size"],
+        kid_subsets=lambda wc: FID_EVAL["kid_subsets"],
+    conda:
+        CONDA_ENV
+    log:
+        f"{RESULTS}/logs/fid_kid/{{dataset}}/{{method}}/{{paramset}}.log",
+    script:
+        "../scripts/fid_kid.py"
+
+
+# LAION aesthetic score from the CLIP image-embedding cache (no image is read again).
+rule aesthetic:
+    input:
+        embeddings=lambda wc: clip_images_cache(CONFIG["evaluation"]["aesthetic"]["clip"], wc.dataset,
+                                                wc.method, wc.paramset, wc.shard),
+        model=lambda wc: model_inputs(CONFIG, CONFIG["evaluation"]["aesthetic"]["model"]),
+    output:
+        f"{RESULTS}/metrics/{{dataset}}/{{method}}/{{paramset}}/aesthetic/shard-{{shard}}.csv",
+    params:
+        model_key=lambda wc: CONFIG["evaluation"]["aesthetic"]["model"],
+        clip_key=lambda wc: CONFIG["evaluation"]["aesthetic"]["clip"],
+        models=lambda wc: {k: CONFIG["models"][k] for k in [CONFIG["evaluation"]["aesthetic"]["model"]]},
+        runtime=runtime(),
+    conda:
+        CONDA_ENV
+    log:
+        f"{RESULTS}/logs/aesthetic/{{dataset}}/{{method}}/{{paramset}}/shard-{{shard}}.log",
+    script:
+        "../scripts/aesthetic.py"

@@ -72,6 +72,16 @@ def test_default_config_is_valid_and_defaults_are_filled(default_config):
     (lambda c: c["evaluation"]["iou"].update(model="clip"), "expected deeplabv3"),
     (lambda c: c["report"]["papers"]["multidiffusion"].update({"GLIGEN": "si"}), "unknown row 'GLIGEN'"),
     (lambda c: c["report"]["papers"].update({"gligen": {}}), "report.papers"),
+    (lambda c: c["evaluation"]["fid"].update(model="clip"), "expected fid_inception"),
+    (lambda c: c["evaluation"]["fid"]["reference"].update(paragraphs="real"), "has no real images"),
+    (lambda c: c["evaluation"]["fid"]["reference"].update(landscapes="sd_llm"), "does not run on dataset"),
+    (lambda c: c["evaluation"]["fid"]["reference"].update(imagenet="real"), "unknown dataset(s) imagenet"),
+    (lambda c: c["evaluation"]["fid"]["reference"].update(coco="nosuch"), "unknown method 'nosuch'"),
+    (lambda c: c["evaluation"]["fid"].update(antialias="yes"), "evaluation.fid.antialias"),
+    (lambda c: c["evaluation"]["aesthetic"].update(clip="aesthetic"), "expected open_clip"),
+    (lambda c: c["evaluation"]["aesthetic"].update(model="clip"), "expected aesthetic"),
+    (lambda c: c["evaluation"]["clip"].update(long_text=["chunk"]), "evaluation.clip.long_text"),
+    (lambda c: c["report"]["html"].update(grid_items=0), "report.html.grid_items"),
 ])
 def test_bad_config_names_the_key(default_config, mutate, fragment):
     mutate(default_config)

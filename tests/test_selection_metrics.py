@@ -11,7 +11,7 @@ from ctrlbench.bases.selection import best_candidates, select_shard
 from ctrlbench.metrics.clip_score import scale_cosine, similarity_shard
 from ctrlbench.metrics.embeddings import load_embeddings, open_rgb, save_embeddings
 from ctrlbench.report.papers import MMM2025, mmm2025_table
-from ctrlbench.report.tables import summarize
+from ctrlbench.report.tables import summarize, summarize_metric_files
 
 
 def unit(rng, n, d=8):
@@ -161,6 +161,26 @@ def test_summary_best_of_n_is_over_samples_not_panorama_crops():
     two = pd.concat([crops, crops.assign(sample=1, value=crops["value"] + 1)])
     best = summarize(two).set_index("aggregate").loc["best_of_n"]
     assert best["mean"] == pytest.approx(4.0) and best["n"] == 1  # the better sample's crop mean
+
+
+def test_summary_takes_set_level_files_beside_per_image_ones(tmp_path):
+    """FID/KID files (one value per run, no item_id) become aggregate "set" rows."""
+    run = tmp_path / "metrics" / "cub" / "sd" / "guidance_scale=5.0"
+    (run / "fid").mkdir(parents=True)
+    (run / "clip").mkdir()
+    pd.DataFrame([{"metric": "fid", "value": 12.5, "std": np.nan, "n_images": 8, "n_reference": 20,
+                   "reference": "real", "scale": np.nan},
+                  {"metric": "kid", "value": 0.01, "std": 0.002, "n_images": 8, "n_reference": 20,
+                   "reference": "real", "scale": np.nan}]).to_csv(run / "fid" / "set.csv", index=False)
+    _per_image().drop(columns=["dataset", "method", "paramset"]).to_csv(run / "clip" / "shard-000.csv", index=False)
+    table = summarize_metric_files([str(run / "fid" / "set.csv"), str(run / "clip" / "shard-000.csv")],
+                                   str(tmp_path / "summary.csv"))
+    sets = table[table["aggregate"] == "set"].set_index("metric")
+    assert sets.loc["fid", "mean"] == 12.5 and sets.loc["fid", "n"] == 8 and np.isnan(sets.loc["fid", "std"])
+    assert sets.loc["kid", "std"] == 0.002 and np.isnan(sets.loc["kid", "ci95_low"])
+    assert (sets["guidance_scale"] == "5.0").all() and (sets["method"] == "sd").all()
+    assert set(table[table["aggregate"] != "set"]["metric"]) == {"t_sim"}
+    assert list(table["metric"]) == sorted(table["metric"])  # rows of a run stay together, by metric
 
 
 def test_paper_table_puts_ours_beside_the_paper(tmp_path):

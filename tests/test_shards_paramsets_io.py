@@ -1,3 +1,6 @@
+import os
+import stat
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -89,3 +92,16 @@ def test_provenance_records_versions():
     assert record["seed"] == 3
     assert record["packages"]["torch"].startswith("2.14.1")
     assert record["python"].count(".") == 2
+
+
+def test_atomic_outputs_get_the_umask_mode_not_the_private_temp_mode(tmp_path):
+    """mkstemp/mkdtemp make 0600/0700 entries; results must be readable as the umask allows."""
+    old = os.umask(0o022)
+    try:
+        io.write_csv(tmp_path / "table.csv", pd.DataFrame({"a": [1]}))
+        with io.atomic_dir(tmp_path / "shard-000") as tmp:
+            (tmp / "manifest.csv").write_text("item_id\n")
+    finally:
+        os.umask(old)
+    assert stat.S_IMODE((tmp_path / "table.csv").stat().st_mode) == 0o644
+    assert stat.S_IMODE((tmp_path / "shard-000").stat().st_mode) == 0o755

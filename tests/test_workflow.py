@@ -351,3 +351,51 @@ def test_paradiffusion_and_chunked_clip_score_in_the_demo(mmm2025_demo):
     paper = pd.read_csv(results / "tables" / "paper_paradiffusion.csv")
     assert set(paper["status"]) == {"ok"} and paper["paper"].isna().all()  # human votes only in the paper
     assert set(paper["ours_method"]) == {"paradiffusion/default", "sd_paragraph/default"}
+
+
+def test_fid_aesthetic_plots_grids_and_html_report_in_the_demo(mmm2025_demo, tmp_path):
+    """The evaluation layer on the demo: FID/KID per run against the configured reference
+    set, the aesthetic score from the CLIP cache, sweep plots, one image grid per run and a
+    self-contained HTML page; plus Snakemake's own --report of the marked outputs."""
+    workdir, config = mmm2025_demo
+    results = workdir / "results"
+    summary = pd.read_csv(results / "tables" / "summary.csv")
+    fid = summary[(summary["aggregate"] == "set") & (summary.metric == "fid")]
+    assert set(fid["dataset"]) == {"cub", "flowers", "coco", "landscapes"}  # strokes, paragraphs: reference none
+    assert set(fid[fid.dataset == "landscapes"]["method"]) == {"panorama"}  # sd_panorama is the reference itself
+    runs = {(d, m) for d, m in zip(summary.dataset, summary.method) if d in {"cub", "flowers", "coco"}}
+    assert {(d, m) for d, m in zip(fid.dataset, fid.method)} == runs
+    panorama = pd.read_csv(results / "metrics" / "landscapes" / "panorama" / "default" / "fid" / "set.csv")
+    n_crops = len(read_manifests(results, "landscapes", "panorama"))
+    assert set(panorama["reference"]) == {"sd_panorama/default"} and (panorama["n_images"] == n_crops).all()
+    assert (panorama["antialias"].astype(str) == "False").all() and panorama["dtype"].eq("float64").all()
+    assert panorama["implementation"].str.contains("torchmetrics").all()
+    kid = panorama.set_index("metric").loc["kid"]
+    assert kid["kid_subset_size"] <= min(kid["n_images"], kid["n_reference"])  # adapted to the tiny sets
+    assert list((results / "cache" / "fid" / "fid" / "landscapes" / "reference").glob("*.npz")) == [
+        results / "cache" / "fid" / "fid" / "landscapes" / "reference" / "sd_panorama@default.npz"]
+
+    aesthetic = summary[(summary.metric == "aesthetic") & (summary["aggregate"] == "mean")]
+    t_sim = summary[(summary.metric == "t_sim") & (summary["aggregate"] == "mean")]
+    assert len(aesthetic) == len(t_sim) and set(aesthetic["scale"]) == {"laion_v2"}
+    assert (aesthetic.set_index(["dataset", "method", "paramset"])["n"]
+            == t_sim.set_index(["dataset", "method", "paramset"])["n"]).all()  # every image scored
+
+    plots = pd.read_csv(results / "report" / "plots" / "plots.csv")
+    assert {("sd_template", "guidance_scale"), ("gradop", "strength"), ("gradop", "grad_steps_per_iter"),
+            ("sdedit", "strength")} <= set(zip(plots.method, plots.param))
+    assert all((results / "report" / "plots" / path).is_file() for path in plots["path"])
+    for dataset in config["datasets"]:
+        grids = sorted((results / "report" / "grids" / dataset).glob("*.jpg"))
+        expected = {(m, p) for d, m, p in zip(summary.dataset, summary.method, summary.paramset) if d == dataset}
+        assert len(grids) == len(expected) and all(g.with_suffix(".csv").is_file() for g in grids)
+
+    page = (results / "report" / "index.html").read_text(encoding="utf-8")
+    assert "<script" not in page and 'src="http' not in page
+    assert page.count('<img src="data:image/') == len(plots) + sum(
+        1 for _ in (results / "report" / "grids").glob("*/*.jpg"))
+    assert "paper_paradiffusion" in page or "paradiffusion" in page
+
+    out = tmp_path / "snakemake_report.html"
+    snakemake(workdir, "--report", str(out))
+    assert out.stat().st_size > 10_000

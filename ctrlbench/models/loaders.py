@@ -70,14 +70,17 @@ class AestheticMLP(nn.Module):
 class TinyFidFeatures(nn.Module):
     """Stand-in for Inception pool features: uint8 [N, 3, H, W] -> float [N, num_features].
 
-    Mirrors the real extractor's contract: resize to a fixed size, scale to [-1, 1].
+    Mirrors the real extractor's contract: resize to a fixed size, scale to [-1, 1]. The
+    resize follows `use_antialias` exactly as torchmetrics' NoTrainInceptionV3 does: True ->
+    torch's antialiased bilinear, False -> torch-fidelity's TF1-like bilinear (no antialias).
     """
 
-    def __init__(self, num_features: int = 64, image_size: int = 32):
+    def __init__(self, num_features: int = 64, image_size: int = 32, antialias: bool = True):
         super().__init__()
         # torchmetrics reads `num_features` instead of probing with a 299x299 dummy image.
         self.num_features = num_features
         self.image_size = image_size
+        self.use_antialias = antialias  # same attribute name as NoTrainInceptionV3
         self.net = nn.Sequential(
             nn.Conv2d(3, 16, 3, stride=2, padding=1), nn.ReLU(),
             nn.Conv2d(16, 32, 3, stride=2, padding=1), nn.ReLU(),
@@ -88,10 +91,17 @@ class TinyFidFeatures(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if x.dtype != torch.uint8 or x.dim() != 4 or x.shape[1] != 3:
             raise ValueError(f"expected uint8 images [N, 3, H, W], got {x.dtype} {tuple(x.shape)}")
-        size = (self.image_size, self.image_size)
-        x = nn.functional.interpolate(x.float(), size=size, mode="bilinear",
-                                      align_corners=False, antialias=True)
-        return self.net((x - 128) / 128)
+        return self.net((fid_resize(x.float(), self.image_size, self.use_antialias) - 128) / 128)
+
+
+def fid_resize(x: torch.Tensor, size: int, antialias: bool) -> torch.Tensor:
+    """The resize of torchmetrics' NoTrainInceptionV3 (float [N, 3, H, W] -> [N, 3, size, size])."""
+    if antialias:
+        return nn.functional.interpolate(x, size=(size, size), mode="bilinear",
+                                         align_corners=False, antialias=True)
+    from torch_fidelity.interpolate_compat_tensorflow import interpolate_bilinear_2d_like_tensorflow1x
+
+    return interpolate_bilinear_2d_like_tensorflow1x(x, size=(size, size), align_corners=False)
 
 
 @dataclass
@@ -410,6 +420,8 @@ def _load_aesthetic(where, device, dtype):
 
 
 def _load_fid(where, device, dtype):
+    """Tiny or real FID features, both with `num_features`, `use_antialias` (torchmetrics'
+    default True; `load_fid_extractor` sets it explicitly) and `feature_extractor` (a label)."""
     _need_local(where)
     path = Path(where.source)
     if path.is_dir():
@@ -418,8 +430,10 @@ def _load_fid(where, device, dtype):
         spec = json.loads((path / FID_JSON).read_text())
         model = TinyFidFeatures(spec["num_features"], spec["image_size"])
         model.load_state_dict(load_file(path / FID_WEIGHTS))
+        model.feature_extractor = f"{spec['arch']} ({spec['num_features']})"
     else:
         model = _inception(path)
+        model.feature_extractor = f"inception-v3-compat pool3 ({INCEPTION_FEATURES}) [{path.name}]"
     # float32 always: FID statistics are sensitive to feature precision.
     return model.to(device).eval().requires_grad_(False)
 
@@ -437,6 +451,23 @@ def _inception(path: Path) -> nn.Module:
     model = NoTrainInceptionV3(name="inception-v3-compat", features_list=[str(INCEPTION_FEATURES)],
                                feature_extractor_weights_path=buffer)
     model.num_features = INCEPTION_FEATURES  # spares torchmetrics a dummy forward
+    return model
+
+
+def load_fid_extractor(config: dict, key: str, device: str = "cpu", *, antialias: bool) -> nn.Module:
+    """models.<key> (kind fid_inception) with the resize to its input size chosen explicitly.
+
+    antialias=True: torch's antialiased bilinear resize (torchmetrics >= 1.8's default).
+    antialias=False: torch-fidelity's TF1-like bilinear resize, as the original TF FID.
+    The model's `use_antialias` holds the choice, `feature_extractor` a label for results.
+    """
+    from ..errors import ConfigError
+
+    kind = model_entry(config, key)["kind"]
+    if kind != "fid_inception":
+        raise ConfigError(f"models.{key} is kind {kind}, not fid_inception")
+    model = load_model(config, key, device)
+    model.use_antialias = bool(antialias)
     return model
 
 

@@ -13,7 +13,8 @@ SUMMARY_COLUMNS = ["dataset", "method", "paramset", "metric", "aggregate", "scal
                    "ci95_low", "ci95_high"]
 # aggregate "mean": over every image (all samples of all items); "best_of_n": the best
 # sample of each item, averaged over items (mmm2025 reports both; the original code
-# returned the last sample's score instead of either).
+# returned the last sample's score instead of either); "set": a set-level metric (FID,
+# KID) with one value per run.
 
 
 def bootstrap_ci(values: np.ndarray, n_resamples: int = 1000, seed: int = 0) -> tuple[float, float]:
@@ -36,13 +37,33 @@ def run_of(path: str | Path) -> dict[str, str]:
 
 
 def load_metric_files(files) -> pd.DataFrame:
+    """Per-image metric rows of every file (set-level files, without item_id, are skipped)."""
     frames = []
     for path in files:
         frame = pd.read_csv(path, dtype={"item_id": str}, keep_default_na=False)
+        if "item_id" not in frame:
+            continue
         for key, value in run_of(path).items():
             frame[key] = value
         frames.append(frame)
     return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
+
+
+def set_level_rows(files) -> list[dict]:
+    """Summary rows (aggregate "set") of set-level metric files such as fid/set.csv: one
+    value per run (FID, KID), its std where it has one (KID over subsets), n = images."""
+    rows = []
+    for path in files:
+        frame = pd.read_csv(path)
+        if "item_id" in frame:
+            continue
+        for record in frame.to_dict("records"):
+            keys = {**run_of(path), "metric": record["metric"],
+                    "scale": "" if pd.isna(record.get("scale")) else record["scale"]}
+            rows.append({**keys, "aggregate": "set", "n": int(record["n_images"]), "mean": record["value"],
+                         "std": record.get("std", float("nan")), "ci95_low": float("nan"),
+                         "ci95_high": float("nan"), **paramsets.parse_name(keys["paramset"])})
+    return rows
 
 
 LOWER_IS_BETTER = {"faithfulness_mse"}  # best_of_n takes the minimum of these
@@ -55,8 +76,8 @@ def _row(keys: dict, aggregate: str, values: np.ndarray) -> dict:
             **paramsets.parse_name(keys["paramset"])}
 
 
-def summarize(per_image: pd.DataFrame) -> pd.DataFrame:
-    rows = []
+def summarize(per_image: pd.DataFrame, set_rows: list[dict] = ()) -> pd.DataFrame:
+    rows = list(set_rows)
     if len(per_image):
         per_image = per_image.assign(value=pd.to_numeric(per_image["value"]))
         for (dataset, method, paramset, metric, scale), group in per_image.groupby(
@@ -71,11 +92,14 @@ def summarize(per_image: pd.DataFrame) -> pd.DataFrame:
                     best = per_sample.min() if metric in LOWER_IS_BETTER else per_sample.max()
                     rows.append(_row(keys, "best_of_n", best.to_numpy()))
     table = pd.DataFrame(rows)
+    if len(table):
+        table = table.sort_values(["dataset", "method", "paramset", "metric"], kind="stable", ignore_index=True)
     extra = sorted(set(table.columns) - set(SUMMARY_COLUMNS)) if len(table) else []
     return table.reindex(columns=SUMMARY_COLUMNS + extra)
 
 
 def summarize_metric_files(files, out_csv: str) -> pd.DataFrame:
-    table = summarize(load_metric_files(files))
+    files = list(files)
+    table = summarize(load_metric_files(files), set_level_rows(files))
     io.write_csv(out_csv, table)
     return table
