@@ -47,6 +47,8 @@ def sd_only_config():
     config["datasets"] = {"cub": config["datasets"]["cub"]}
     config["methods"] = {"sd": {**config["methods"]["sd_template"], "datasets": ["cub"]}}
     config["evaluation"]["clip"]["long_text"] = ["truncate"]  # short template prompts: one chunk anyway
+    for metric in ("fid", "aesthetic"):  # the full demo covers them; these tests count t_sim/i_sim jobs
+        config["evaluation"].pop(metric)
     config.pop("report")
     return config
 
