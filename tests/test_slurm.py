@@ -296,11 +296,14 @@ def slurm_cluster():
 
 def toy_config() -> dict:
     """The demo config cut down to SD with template prompts on toy CUB (as in
-    test_workflow.sd_only_config): 13 SLURM jobs, 6 of them GPU jobs."""
+    test_workflow.sd_only_config): 13 jobs in 12 sbatch submissions (the two cheap
+    clip_similarity jobs are grouped), 6 of them GPU jobs."""
     config = yaml.safe_load((ROOT / "config.yaml").read_text())
     config["datasets"] = {"cub": config["datasets"]["cub"]}
     config["methods"] = {"sd": {**config["methods"]["sd_template"], "datasets": ["cub"]}}
     config["evaluation"]["clip"]["long_text"] = ["truncate"]
+    for metric in ("fid", "aesthetic"):
+        config["evaluation"].pop(metric)
     config.pop("report")
     config["n_shards"] = N_SHARDS
     return config
@@ -374,8 +377,15 @@ def test_toy_dag_runs_on_slurm_with_gpu_gres(slurm_cluster, tmp_path):
     for job in jobs:
         by_rule.setdefault(job["Comment"].removeprefix("rule_").split("_wildcards_")[0], []).append(job)
     context = f"jobs by rule: { {r: len(j) for r, j in by_rule.items()} }\n{run.diagnostics()}"
-    assert len(jobs) == 13, context
-    assert {"generate_sd", "clip_image_embeddings", "template_prompts", "items"} <= set(by_rule), context
+    # Grouped cheap steps (profile `groups`, submissions named "<group>_<rules>"): the two
+    # clip_similarity jobs share one sbatch; template_prompts goes as a group of one.
+    grouped = {name: by_rule.pop(name) for name in ("metrics_clip_similarity", "prompts_template_prompts")
+               if name in by_rule}
+    assert {name: len(group) for name, group in grouped.items()} == {
+        "metrics_clip_similarity": 1, "prompts_template_prompts": 1}, context
+    assert not {"clip_similarity", "template_prompts"} & set(by_rule), context
+    assert len(jobs) == 12, context  # 13 jobs, the two clip_similarity ones in one submission
+    assert {"generate_sd", "clip_image_embeddings", "items"} <= set(by_rule), context
     assert "summary" not in by_rule and "all" not in by_rule, context  # localrules stay on the login node
     assert all(job["JobState"] == "COMPLETED" and job["Partition"] == PARTITION for job in jobs), context
     gpu = gpu_rules()

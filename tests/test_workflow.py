@@ -183,7 +183,8 @@ def test_configfile_replaces_the_demo_config(tmp_path):
     """--configfile must not be deep-merged with config.yaml (no demo sweep, no tiny models)."""
     real = str(ROOT / "configs" / "sd-cub.yaml")
     counts = job_counts(snakemake(tmp_path, "--dry-run", "--configfile", real).stdout)
-    assert counts == {"items": 1, "summary": 1, "all": 1, "total": 3}  # no tiny_model, no toy_data
+    assert counts == {"items": 1, "summary": 1, "sweep_plots": 1, "image_grids": 1, "html_report": 1, "all": 1,
+                      "total": 6}  # no tiny_model, no toy_data
     # The real config has no sweep: only the `default` parameter set exists.
     shard = "results-sd-cub/images/cub/sd/{}/shard-000"
     assert snakemake(tmp_path, shard.format("default"), "--dry-run", "--configfile", real).returncode == 0
