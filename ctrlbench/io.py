@@ -7,6 +7,7 @@ place, so an interrupted job never leaves a half-written file under a final name
 from __future__ import annotations
 
 import contextlib
+import errno
 import json
 import os
 import platform
@@ -37,9 +38,23 @@ def _default_mode(directory: bool) -> int:
     return (0o777 if directory else 0o666) & ~umask
 
 
+# Errors of a full or read-only disk: re-raised naming the output they were writing.
+DISK_ERRNOS = frozenset(code for code in (errno.ENOSPC, getattr(errno, "EDQUOT", None), errno.EFBIG,
+                                          errno.EROFS) if code is not None)
+
+
+def _disk_error(error: OSError, path: Path) -> OSError:
+    """The OSError of a failed write of `path`, naming `path` (same errno)."""
+    inner = f" (while writing {error.filename})" if error.filename and str(error.filename) != str(path) else ""
+    return OSError(error.errno, f"cannot write {path}: {error.strerror or error}{inner}")
+
+
 @contextlib.contextmanager
 def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
-    """Yield a temporary path next to `path`; rename it to `path` only on success."""
+    """Yield a temporary path next to `path`; rename it to `path` only on success.
+
+    On any error the temporary file is removed. A full or read-only disk (ENOSPC,
+    EDQUOT, EFBIG, EROFS) is re-raised as an OSError (same errno) naming `path`."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp" + path.suffix)
@@ -50,6 +65,10 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
         if tmp.exists():
             os.chmod(tmp, _default_mode(directory=False))
         os.replace(tmp, path)
+    except OSError as error:
+        if error.errno in DISK_ERRNOS:
+            raise _disk_error(error, path) from error
+        raise
     finally:
         if tmp.exists():
             tmp.unlink()
@@ -92,6 +111,50 @@ def read_table(path, columns=(), what: str = "table") -> pd.DataFrame:
     return frame
 
 
+# Manifest columns holding a path relative to a folder (the shard folder; ControlNet's
+# base_image: the base shard folder), and `masks`, a JSON list of {voc_class, path}.
+MANIFEST_PATH_COLUMNS = ("image", "base_image", "canny", "stage1_image", "background", "panorama",
+                         "selected_image")
+
+
+def check_relative_path(text: str, where: str) -> str:
+    """`text` unchanged if it is a relative path that stays inside its folder (no
+    absolute path, no '..' part, no NUL); InputError naming `where` otherwise."""
+    text = str(text)
+    parts = text.replace("\\", "/").split("/")
+    if "\0" in text or os.path.isabs(text) or text.startswith(("/", "\\")) or ".." in parts \
+            or re.match(r"^[A-Za-z]:", text):
+        raise InputError(f"{where}: path {text!r} leaves its folder (an absolute path or '..'); "
+                         "manifest paths must be relative to the shard folder")
+    return text
+
+
+def check_manifest_paths(manifest: pd.DataFrame, where: str) -> pd.DataFrame:
+    """Every path a manifest lists (MANIFEST_PATH_COLUMNS and the `masks` JSON) checked
+    with check_relative_path, so a file outside the results cannot be read through it."""
+    for column in MANIFEST_PATH_COLUMNS:
+        if column in manifest.columns:
+            for row, value in zip(manifest.get("item_id", manifest.index), manifest[column]):
+                if isinstance(value, str) and value:
+                    check_relative_path(value, f"{where}: item {row}, column {column}")
+    if "masks" in manifest.columns:
+        for row, value in zip(manifest.get("item_id", manifest.index), manifest["masks"]):
+            try:
+                entries = json.loads(value) if isinstance(value, str) and value.strip() else []
+            except json.JSONDecodeError:
+                continue  # the reader of the masks reports malformed JSON itself
+            for entry in entries if isinstance(entries, list) else []:
+                if isinstance(entry, dict) and isinstance(entry.get("path"), str):
+                    check_relative_path(entry["path"], f"{where}: item {row}, column masks")
+    return manifest
+
+
+def read_manifest(folder, columns=(), what: str = "manifest") -> pd.DataFrame:
+    """A shard folder's manifest.csv (read_table) with its paths checked (check_manifest_paths)."""
+    path = Path(folder) / "manifest.csv"
+    return check_manifest_paths(read_table(path, columns, what), f"{what} {path}")
+
+
 def package_versions(names=PROVENANCE_PACKAGES) -> dict[str, str | None]:
     versions = {}
     for name in names:
@@ -128,7 +191,8 @@ def atomic_dir(path: str | os.PathLike) -> Iterator[Path]:
     """Yield a temporary folder next to `path`; rename it to `path` only on success.
 
     A job killed half-way leaves only a hidden `.name.*.tmp` folder, never a folder
-    under the final name that could be taken for a result.
+    under the final name that could be taken for a result. Any other error removes the
+    temporary folder; a full or read-only disk is re-raised naming `path` (atomic_path).
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -139,6 +203,10 @@ def atomic_dir(path: str | os.PathLike) -> Iterator[Path]:
         if path.exists():
             shutil.rmtree(path)
         os.replace(tmp, path)
+    except OSError as error:
+        if error.errno in DISK_ERRNOS:  # a full disk: name the folder, not only the file
+            raise _disk_error(error, path) from error
+        raise
     finally:
         if tmp.exists():
             shutil.rmtree(tmp)

@@ -45,7 +45,7 @@ def select_shard(candidate_dirs: dict[str, str], candidate_npzs: dict[str, str],
     """Write the chosen base image of every item of the shard (copied, bytes unchanged)."""
     frames, embs = [], []
     for method, folder in candidate_dirs.items():
-        manifest = pd.read_csv(Path(folder) / "manifest.csv", dtype={"item_id": str}, keep_default_na=False)
+        manifest = io.read_manifest(folder, what="candidate manifest")
         keys, emb = load_embeddings(candidate_npzs[method])
         if list(keys["image"]) != list(manifest["image"]):
             raise InputError(f"embedding cache {candidate_npzs[method]} does not match {folder}/manifest.csv: "

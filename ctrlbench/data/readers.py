@@ -17,6 +17,7 @@ from typing import Iterable, Iterator
 
 import pandas as pd
 
+from ctrlbench import io
 from ctrlbench.data import ITEM_COLUMNS
 from ctrlbench.errors import DatasetError
 
@@ -141,13 +142,23 @@ def to_json(value) -> str:
     return json.dumps(value, ensure_ascii=False)
 
 
+def _safe_id(item_id) -> bool:
+    """An item id usable as a file name (ctrlbench.io.safe_name)."""
+    try:
+        io.safe_name(item_id)
+    except ValueError:
+        return False
+    return isinstance(item_id, str)
+
+
 def items_frame(rows: list[dict], extra_columns: tuple[str, ...], dataset: str) -> pd.DataFrame:
     """Build the items table: contract columns first, sorted by item_id, ids unique and safe."""
     columns = list(ITEM_COLUMNS) + list(extra_columns)
     frame = pd.DataFrame(rows, columns=columns)
-    bad = [item_id for item_id in frame["item_id"] if not ITEM_ID_PATTERN.match(item_id)]
+    bad = [item_id for item_id in frame["item_id"] if not _safe_id(item_id)]
     if bad:
-        raise DatasetError(f"{dataset}: item ids may only use [A-Za-z0-9._-]; got {bad[:5]}")
+        raise DatasetError(f"{dataset}: item ids may only use [A-Za-z0-9._-], start with a letter or digit "
+                           f"and hold no '..' (they name files); got {bad[:5]}")
     duplicated = frame["item_id"][frame["item_id"].duplicated()].tolist()
     if duplicated:
         raise DatasetError(f"{dataset}: item ids are not unique: {sorted(set(duplicated))[:5]}")

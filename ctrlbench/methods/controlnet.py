@@ -212,7 +212,7 @@ def run_shard(config: dict, sd_key: str, controlnet_key: str, base_dir: str, pro
     maps `canny/<item>_b<base sample>.png`, params.json, and manifest.csv last.
     """
     base_dir = Path(base_dir)
-    base = io.read_table(base_dir / "manifest.csv", BASE_COLUMNS, "base manifest")
+    base = io.read_manifest(base_dir, BASE_COLUMNS, "base manifest")
     prompts = io.read_table(prompts_csv, PROMPT_COLUMNS, "prompts table")
     inputs = select_inputs(base, prompts, params, base_dir, where=str(base_dir / "manifest.csv"))
     device = resolve_device(config)

@@ -7,6 +7,11 @@ items share its batch. Prompt embeddings are computed once per distinct prompt, 
 77-token chunks so long prompts are not truncated (ctrlbench.prompts.long_prompt); a batch
 only holds prompts with the same number of chunks, so a short prompt's images are the
 same whichever long prompts the shard also holds.
+
+A batch that runs out of CUDA memory is halved and retried (ctrlbench.batching.OomBackoff).
+Images holding NaN or inf (a diverged UNet, fp16 overflow) raise FloatingPointError
+naming the items; they are never saved as black or garbage images. An empty prompt raises
+InputError before the model is loaded.
 """
 
 from __future__ import annotations
@@ -14,12 +19,15 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import torch
 from diffusers.utils.torch_utils import randn_tensor
 
 from .. import io
+from ..batching import OomBackoff
 from ..config import resolve_device, resolve_dtype
+from ..errors import InputError
 from ..models.loaders import load_model
 from ..prompts.long_prompt import TEXT_HANDLING, encode_long_prompts
 
@@ -75,17 +83,24 @@ def generate(pipe, prompts: pd.DataFrame, params: dict, out_dir: Path, embeds: d
         first = len(jobs)
         jobs.extend((first + sample, row, sample, latents[sample]) for sample in range(n))
 
-    records = [None] * len(jobs)
-    done = 0
-    for batch in batches(jobs, lambda job: embeds[job[1].prompt][0].shape[1], params["batch_size"]):
+    def run(batch: list) -> list:
         positive = torch.cat([embeds[row.prompt][0] for _, row, _, _ in batch])
         negative = torch.cat([embeds[row.prompt][1] for _, row, _, _ in batch])
-        images = pipe(
+        # "np", then the same conversion diffusers' "pil" does, so NaN / inf is seen first.
+        pixels = pipe(
             prompt_embeds=positive, negative_prompt_embeds=negative,
             latents=torch.stack([lat for _, _, _, lat in batch]).to(device),
             num_inference_steps=params["num_inference_steps"], guidance_scale=params["guidance_scale"],
-            height=height, width=width, output_type="pil",
+            height=height, width=width, output_type="np",
         ).images
+        check_finite_images(pixels, [(row.item_id, sample) for _, row, sample, _ in batch])
+        return pipe.image_processor.numpy_to_pil(pixels)
+
+    records = [None] * len(jobs)
+    done = 0
+    backoff = OomBackoff("sd generation")
+    for batch in batches(jobs, lambda job: embeds[job[1].prompt][0].shape[1], params["batch_size"]):
+        images = backoff.run(batch, run)
         for (position, row, sample, _), image in zip(batch, images):
             name = f"{io.safe_name(row.item_id)}_{sample:02d}.png"
             io.save_image(out_dir / name, image)
@@ -96,9 +111,29 @@ def generate(pipe, prompts: pd.DataFrame, params: dict, out_dir: Path, embeds: d
     return pd.DataFrame(records, columns=MANIFEST_COLUMNS)
 
 
+def check_finite_images(pixels: np.ndarray, keys: list[tuple[str, int]]) -> None:
+    """Raise FloatingPointError when an image of a batch ([N, H, W, C] floats) holds NaN or inf."""
+    bad = [keys[i] for i in np.flatnonzero(~np.isfinite(pixels.reshape(len(pixels), -1)).all(axis=1))]
+    if bad:
+        shown = ", ".join(f"item {item} sample {sample}" for item, sample in bad[:5])
+        raise FloatingPointError(f"sd generation: {len(bad)} of {len(keys)} image(s) of a batch hold NaN or inf "
+                                 f"({shown}): the denoising diverged (with float16, try dtype: float32)")
+
+
+def check_prompts(prompts: pd.DataFrame, prompts_csv) -> None:
+    """A prompts table needs item_id and prompt, and no prompt may be empty."""
+    missing = [c for c in ("item_id", "prompt") if c not in prompts.columns]
+    if missing:
+        raise InputError(f"prompts table {prompts_csv} lacks column(s) {', '.join(missing)}")
+    for row in prompts.itertuples(index=False):
+        if not str(row.prompt).strip():
+            raise InputError(f"prompts table {prompts_csv}: item {row.item_id} has an empty prompt")
+
+
 def run_shard(config: dict, model_key: str, prompts_csv: str, out_dir: str, params: dict) -> pd.DataFrame:
     """One job: load the model once, generate the shard, write params.json and the manifest last."""
     prompts = pd.read_csv(prompts_csv, dtype={"item_id": str}, keep_default_na=False)
+    check_prompts(prompts, prompts_csv)
     device = resolve_device(config)
     dtype = resolve_dtype(config, device)
     with io.atomic_dir(out_dir) as tmp:

@@ -33,23 +33,49 @@ def _load_clip(config: dict, model_key: str):
 
 
 def open_rgb(path: str | Path) -> Image.Image:
-    """Open an image as RGB (grayscale, RGBA, CMYK, 16-bit are converted), naming the file on failure."""
+    """Open an image as RGB, naming the file on failure.
+
+    Grayscale (L), palette (P), RGBA (alpha dropped), CMYK and 16-bit grayscale (I;16,
+    or I as 16-bit PNGs may open) are converted; 16-bit values are mapped 0..65535 ->
+    0..255 (value / 257, rounded), so an image's brightness does not depend on its maximum."""
     try:
         with Image.open(path) as image:
             image.load()
             if image.mode in ("I;16", "I;16B", "I;16L", "I"):
-                array = np.asarray(image, dtype=np.float64)
-                image = Image.fromarray((array / max(array.max(), 1) * 255).astype(np.uint8))
+                array = np.clip(np.asarray(image, dtype=np.float64), 0, 65535)
+                image = Image.fromarray(np.round(array / 257.0).astype(np.uint8))
             return image.convert("RGB")
     except FileNotFoundError:
         raise InputError(f"image {path} does not exist") from None
-    except (OSError, ValueError) as error:
+    except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as error:
+        # SyntaxError: some of PIL's decoders report a broken file so
         raise InputError(f"image {path} cannot be read: {error}") from None
+
+
+def check_finite(emb: np.ndarray, keys: pd.DataFrame, where: str) -> None:
+    """InputError naming `where` and the first row's keys when `emb` holds NaN or inf:
+    a non-finite embedding would turn every score computed from it into NaN."""
+    emb = np.asarray(emb)
+    if emb.size == 0 or not np.issubdtype(emb.dtype, np.floating):
+        return
+    bad = np.flatnonzero(~np.isfinite(emb.reshape(len(emb), -1)).all(axis=1))
+    if len(bad):
+        first = bad[0]
+        shown = [f"{c} {keys[c].iloc[first]}" for c in ("item_id", "sample", "image")
+                 if c in keys.columns and first < len(keys)]
+        raise InputError(f"{where}: {len(bad)} of {len(emb)} embedding(s) hold NaN or inf (first: row "
+                         f"{', '.join([str(first), *shown])}); the encoder diverged or the file is damaged: "
+                         "rebuild it")
 
 
 def save_embeddings(path, keys: pd.DataFrame, emb: np.ndarray, model_key: str,
                     extra: dict[str, np.ndarray] | None = None) -> None:
-    """`extra`: further named float32 arrays (e.g. emb_chunked), one row per key row."""
+    """`extra`: further named float32 arrays (e.g. emb_chunked), one row per key row.
+    Embeddings holding NaN or inf are refused (InputError), nothing is written."""
+    check_finite(emb, keys, f"embeddings for {path}")
+    for name, value in (extra or {}).items():
+        if np.ndim(value) == 2:
+            check_finite(value, keys, f"embeddings '{name}' for {path}")
     # Strings as fixed-width unicode, not objects: the cache loads with allow_pickle=False.
     arrays = {f"key_{column}": (keys[column].to_numpy() if pd.api.types.is_numeric_dtype(keys[column])
                                 else keys[column].astype(str).to_numpy(dtype=str)) for column in keys.columns}
@@ -60,7 +86,8 @@ def save_embeddings(path, keys: pd.DataFrame, emb: np.ndarray, model_key: str,
 
 
 def load_embeddings(path, name: str = "emb") -> tuple[pd.DataFrame, np.ndarray]:
-    """(keys table, embeddings) of a cache file; `name` picks another array (e.g. emb_chunked)."""
+    """(keys table, embeddings) of a cache file; `name` picks another array (e.g. emb_chunked).
+    Embeddings holding NaN or inf raise InputError naming the file and the row."""
     with np.load(path, allow_pickle=False) as data:
         if name not in data.files:
             raise InputError(f"embedding cache {path} has no '{name}' array")
@@ -68,6 +95,7 @@ def load_embeddings(path, name: str = "emb") -> tuple[pd.DataFrame, np.ndarray]:
         emb = data[name]
     if "item_id" in keys:
         keys["item_id"] = keys["item_id"].astype(str)
+    check_finite(emb, keys, f"embedding cache {path} ('{name}')")
     return keys, emb
 
 
@@ -80,7 +108,7 @@ def _encode_images(clip, paths: list, batch_size: int) -> np.ndarray:
 
 
 def embed_method_images(config: dict, model_key: str, images_dir: str, out_npz: str, batch_size: int = 32):
-    manifest = pd.read_csv(Path(images_dir) / "manifest.csv", dtype={"item_id": str}, keep_default_na=False)
+    manifest = io.read_manifest(images_dir, ["item_id", "sample", "image"], "image manifest")
     keys = manifest[["item_id", "sample", "image"]].copy()
     emb = (_encode_images(_load_clip(config, model_key), [Path(images_dir) / n for n in keys["image"]], batch_size)
            if len(keys) else np.zeros((0, 0), np.float32))

@@ -104,6 +104,7 @@ def faithfulness_shard(images_dir: str, inputs_csv: str, out_csv: str, kernel: i
     if not Path(inputs_csv).is_file():
         raise InputError(f"faithfulness: inputs table {inputs_csv} does not exist")
     manifest = pd.read_csv(manifest_path, dtype={"item_id": str}, keep_default_na=False)
+    io.check_manifest_paths(manifest, f"faithfulness: {manifest_path}")
     inputs = pd.read_csv(inputs_csv, dtype={"item_id": str}, keep_default_na=False)
     for frame, columns, where in ((manifest, ("item_id", "sample", "image"), manifest_path),
                                   (inputs, ("item_id", "image"), inputs_csv)):

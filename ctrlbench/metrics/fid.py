@@ -88,7 +88,7 @@ def _embed(out_npz, keys: pd.DataFrame, paths: list, config: dict, model_key: st
 def embed_method_images_fid(config: dict, model_key: str, images_dir: str, out_npz: str,
                             batch_size: int = 32, antialias: bool = False) -> None:
     """FID features of every image of a method's shard folder, in manifest order."""
-    manifest = io.read_table(Path(images_dir) / "manifest.csv", ["item_id", "sample", "image"], "image manifest")
+    manifest = io.read_manifest(images_dir, ["item_id", "sample", "image"], "image manifest")
     keys = manifest[["item_id", "sample", "image"]]
     _embed(out_npz, keys, [Path(images_dir) / name for name in keys["image"]], config, model_key,
                    antialias, batch_size, n_skipped=0)

@@ -133,7 +133,7 @@ def run_shard(config: dict, deeplab_key: str, images_dir, out_csv, batch_size: i
     from ..models.loaders import load_model
 
     images_dir = Path(images_dir)
-    manifest = io.read_table(images_dir / "manifest.csv", MANIFEST_COLUMNS, what="IoU: manifest")
+    manifest = io.read_manifest(images_dir, MANIFEST_COLUMNS, what="IoU: manifest")
     sizes = [_target_size(_read_masks(images_dir, row.item_id, row.masks), row.item_id)
              for row in manifest.itertuples(index=False)]
     if manifest.empty:  # nothing to score: no reason to load the model

@@ -12,6 +12,8 @@ from __future__ import annotations
 import io
 import json
 import os
+import pickle  # only for its UnpicklingError: weights are never unpickled with it
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
@@ -214,6 +216,21 @@ def _hub_cached(repo_id: str, filename: str, revision: str | None = None) -> str
     return found if isinstance(found, str) else None
 
 
+def _torch_weights(where: _Where, file) -> dict:
+    """A .pth / .pt state dict read with torch.load(weights_only=True): tensors and plain
+    containers only. A file holding other Python objects (which could run code when
+    unpickled) is refused with ModelNotFoundError naming the model and the file."""
+    try:
+        return torch.load(file, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as error:
+        found = re.search(r"WeightsUnpickler error:\s*(\S[^\n]*)", str(error))
+        reason = found.group(1) if found else str(error).splitlines()[0]
+        raise where.missing(f"{file} is not a plain weights file: torch.load(weights_only=True) refused it "
+                            f"({reason.strip()}). It holds Python objects that could run code when loaded, "
+                            f"so it is never loaded otherwise; get the original weights file (or a "
+                            f".safetensors)") from None
+
+
 def _single_file(where: _Where, suffixes: tuple[str, ...]) -> Path:
     """The weights file a source names: the path itself, or the one such file in a folder."""
     path = Path(where.source)
@@ -372,8 +389,7 @@ def _load_deeplab(where, device, dtype):
         builder = where.entry.get("arch", DEFAULT_DEEPLAB_ARCH)
         model = build_deeplab(builder, DEEPLAB_NUM_CLASSES)
         file = path if where.local else _torchvision_weights_file(where, builder)
-        state = load_file(file) if file.suffix == ".safetensors" else \
-            torch.load(file, map_location="cpu", weights_only=True)
+        state = load_file(file) if file.suffix == ".safetensors" else _torch_weights(where, file)
         # The released weights include the auxiliary head; we build without it.
         state = {k: v for k, v in state.items() if not k.startswith("aux_classifier.")}
     model.load_state_dict(state)
@@ -411,8 +427,7 @@ def _need_local(where: _Where) -> None:
 
 def _load_aesthetic(where, device, dtype):
     _need_local(where)
-    state = torch.load(_single_file(where, (".pth", ".pt")), map_location="cpu",
-                       weights_only=True)
+    state = _torch_weights(where, _single_file(where, (".pth", ".pt")))
     model = AestheticMLP(input_dim=state["layers.0.weight"].shape[1])
     model.load_state_dict(state)
     # float32 always: the head is tiny and its inputs are float32 CLIP embeddings.
@@ -432,19 +447,19 @@ def _load_fid(where, device, dtype):
         model.load_state_dict(load_file(path / FID_WEIGHTS))
         model.feature_extractor = f"{spec['arch']} ({spec['num_features']})"
     else:
-        model = _inception(path)
+        model = _inception(where, path)
         model.feature_extractor = f"inception-v3-compat pool3 ({INCEPTION_FEATURES}) [{path.name}]"
     # float32 always: FID statistics are sensitive to feature precision.
     return model.to(device).eval().requires_grad_(False)
 
 
-def _inception(path: Path) -> nn.Module:
+def _inception(where: _Where, path: Path) -> nn.Module:
     """torchmetrics' NoTrainInceptionV3 (torch-fidelity "inception-v3-compat", pool3)."""
     from torchmetrics.image.fid import NoTrainInceptionV3
 
     # torch-fidelity unpickles the weights path with weights_only=False; hand it a buffer
     # re-serialised from a weights_only load instead, so only tensors are ever unpickled.
-    state = torch.load(path, map_location="cpu", weights_only=True)
+    state = _torch_weights(where, path)
     buffer = io.BytesIO()
     torch.save(state, buffer)
     buffer.seek(0)

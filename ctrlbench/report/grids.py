@@ -69,7 +69,7 @@ PALETTE = [(230, 25, 75), (60, 180, 75), (255, 225, 25), (0, 130, 200), (245, 13
 def _read_manifests(shard_dirs: list[str]) -> pd.DataFrame:
     frames = []
     for folder in shard_dirs:
-        manifest = io.read_table(Path(folder) / "manifest.csv", ["item_id", "sample", "image"], "manifest")
+        manifest = io.read_manifest(folder, ["item_id", "sample", "image"], "manifest")
         frames.append(manifest.assign(_dir=str(folder), _base_dir=_base_dir(folder)))
     frame = pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
     if len(frame):

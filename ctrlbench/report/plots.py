@@ -66,7 +66,7 @@ def _plot(path: Path, frame: pd.DataFrame, param: str, others: list[str], title:
     """Draw one sweep plot of `frame` (columns mean, ci95_low, ci95_high and the parameter
     values as strings in columns `param` and `others`); returns the legend labels ([""]
     for a single line)."""
-    from matplotlib import style
+    from matplotlib import rc_context, style
     from matplotlib.figure import Figure
 
     xs = _order(frame[param])
@@ -79,7 +79,8 @@ def _plot(path: Path, frame: pd.DataFrame, param: str, others: list[str], title:
     groups = sorted(set(frame["_group"]),
                     key=lambda g: tuple(group_values[o].index(v) for o, v in zip(others, g)))
     labels = []
-    with style.context("default"):
+    # Labels are plain text: a "$" in a name or value must not start matplotlib mathtext.
+    with style.context("default"), rc_context({"text.parse_math": False}):
         fig = Figure(figsize=FIGSIZE, dpi=DPI)
         ax = fig.add_subplot()
         for k, group in enumerate(groups):

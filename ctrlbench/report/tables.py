@@ -8,6 +8,7 @@ import numpy as np
 import pandas as pd
 
 from .. import io, paramsets
+from ..errors import InputError
 
 SUMMARY_COLUMNS = ["dataset", "method", "paramset", "metric", "aggregate", "scale", "n", "mean", "std",
                    "ci95_low", "ci95_high"]
@@ -37,12 +38,25 @@ def run_of(path: str | Path) -> dict[str, str]:
 
 
 def load_metric_files(files) -> pd.DataFrame:
-    """Per-image metric rows of every file (set-level files, without item_id, are skipped)."""
+    """Per-image metric rows of every file (set-level files, without item_id, are skipped).
+
+    A per-image value that is not a finite number (NaN, inf, empty, text) raises
+    InputError naming the file, the item and the metric: it would make its run's mean
+    NaN (or wrong) in the summary. Set-level NaN (FID / KID of fewer than 2 images) is
+    a documented marking with a note, read by set_level_rows."""
     frames = []
     for path in files:
         frame = pd.read_csv(path, dtype={"item_id": str}, keep_default_na=False)
         if "item_id" not in frame:
             continue
+        if "value" in frame:
+            values = pd.to_numeric(frame["value"], errors="coerce").to_numpy(dtype=np.float64)
+            bad = np.flatnonzero(~np.isfinite(values))
+            if len(bad):
+                row = frame.iloc[bad[0]]
+                raise InputError(f"metric file {path}: {len(bad)} value(s) are not finite numbers (first: item "
+                                 f"{row['item_id']}, sample {row.get('sample', '?')}, metric {row.get('metric', '?')}, "
+                                 f"value {row['value']!r}); rerun the job that wrote it")
         for key, value in run_of(path).items():
             frame[key] = value
         frames.append(frame)
