@@ -26,7 +26,8 @@ pytestmark = pytest.mark.slow
 def snakemake(workdir, *args, check=True):
     cmd = [str(SNAKEMAKE), "--snakefile", str(ROOT / "Snakefile"), "--directory", str(workdir),
            "--cores", "2", *args]
-    result = subprocess.run(cmd, capture_output=True, text=True, timeout=900)
+    # The full demo takes about 15 minutes on 2 cores (a fresh venv compiles its bytecode first).
+    result = subprocess.run(cmd, capture_output=True, text=True, timeout=2400)
     if check and result.returncode != 0:
         raise AssertionError(f"snakemake failed ({result.returncode}):\n{result.stdout[-3000:]}\n{result.stderr[-6000:]}")
     return result
@@ -366,9 +367,9 @@ def test_fid_aesthetic_plots_grids_and_html_report_in_the_demo(mmm2025_demo, tmp
     results = workdir / "results"
     summary = pd.read_csv(results / "tables" / "summary.csv")
     fid = summary[(summary["aggregate"] == "set") & (summary.metric == "fid")]
-    assert set(fid["dataset"]) == {"cub", "flowers", "coco", "landscapes"}  # strokes, paragraphs: reference none
+    assert set(fid["dataset"]) == {"coco", "landscapes"}  # the demo's two references; the others: none
     assert set(fid[fid.dataset == "landscapes"]["method"]) == {"panorama"}  # sd_panorama is the reference itself
-    runs = {(d, m) for d, m in zip(summary.dataset, summary.method) if d in {"cub", "flowers", "coco"}}
+    runs = {(d, m) for d, m in zip(summary.dataset, summary.method) if d == "coco"}
     assert {(d, m) for d, m in zip(fid.dataset, fid.method)} == runs | {("landscapes", "panorama")}
     panorama = pd.read_csv(results / "metrics" / "landscapes" / "panorama" / "default" / "fid" / "set.csv")
     n_crops = len(read_manifests(results, "landscapes", "panorama"))
