@@ -34,14 +34,12 @@ import argparse
 import copy
 import json
 import os
-import platform
 import re
 import statistics
 import subprocess
 import sys
 import tempfile
 import time
-from importlib import metadata
 from pathlib import Path
 
 import yaml
@@ -50,7 +48,6 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from ctrlbench import config as cb_config  # noqa: E402
-from ctrlbench.io import git_commit  # noqa: E402
 
 SNAKEMAKE = Path(sys.executable).parent / "snakemake"
 RESULTS = ROOT / "bench" / "results"
@@ -78,20 +75,7 @@ json.dump({"returncode": code, "wall_s": round(wall, 3), "peak_rss_mib": round(p
 """
 
 
-def machine_info() -> dict:
-    def version(name):
-        try:
-            return metadata.version(name)
-        except metadata.PackageNotFoundError:
-            return None
-
-    cpu = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
-                if line.startswith("model name")), platform.processor()) if Path("/proc/cpuinfo").exists() else None
-    return {"date": time.strftime("%Y-%m-%d %H:%M:%S %z"), "cpu_count": os.cpu_count(), "cpu_model": cpu,
-            "load_average_at_start": os.getloadavg(), "platform": platform.platform(),
-            "python": platform.python_version(), "torch": version("torch"), "diffusers": version("diffusers"),
-            "snakemake": version("snakemake"), "git_commit": git_commit(ROOT)}
-
+from machine import machine_info  # noqa: E402  (bench/machine.py)
 
 def sweep_config(n_shards: int) -> dict:
     """config.yaml with SWEEPS, n_shards, and every reference to a now-swept method

@@ -31,14 +31,11 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import platform
 import statistics
 import subprocess
 import sys
 import tempfile
 import time
-from importlib import metadata
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -52,25 +49,9 @@ METHODS = {  # method name in the bench config: (rule, dataset)
 }
 
 
-def machine_info() -> dict:
-    sys.path.insert(0, str(ROOT))
-    from ctrlbench.io import git_commit
-
-    def version(name):
-        try:
-            return metadata.version(name)
-        except metadata.PackageNotFoundError:
-            return None
-
-    cpu = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
-                if line.startswith("model name")), platform.processor()) if Path("/proc/cpuinfo").exists() else None
-    return {"date": time.strftime("%Y-%m-%d %H:%M:%S %z"), "cpu_count": os.cpu_count(), "cpu_model": cpu,
-            "load_average_at_start": os.getloadavg(), "platform": platform.platform(),
-            "python": platform.python_version(), "torch": version("torch"), "diffusers": version("diffusers"),
-            "snakemake": version("snakemake"), "git_commit": git_commit(ROOT)}
-
-
 # --- the DAG --------------------------------------------------------------------------
+
+from machine import machine_info  # noqa: E402  (bench/machine.py)
 
 def bench_config(images: int, n_shards: int = 1) -> dict:
     """config.yaml cut to SD and ControlNet on toy CUB and SDEdit on toy strokes, each
