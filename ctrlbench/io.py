@@ -43,6 +43,30 @@ DISK_ERRNOS = frozenset(code for code in (errno.ENOSPC, getattr(errno, "EDQUOT",
                                           errno.EROFS) if code is not None)
 
 
+def remove_stale_temporaries(path: Path) -> list[Path]:
+    """Remove the hidden `.name.XXXXXXXX.tmp*` files and folders that an earlier attempt
+    at writing `path` left when it was killed (SIGKILL, node loss: no cleanup ran).
+
+    Only exact temporaries of `path` match (mkstemp/mkdtemp's 8-character suffix), never
+    those of a sibling output. Snakemake never runs two jobs with the same output at once,
+    so a temporary of `path` seen here belongs to a dead attempt."""
+    pattern = re.compile(rf"\.{re.escape(path.name)}\.[a-z0-9_]{{8}}\.tmp(\..*)?")
+    removed = []
+    try:
+        entries = list(os.scandir(path.parent))
+    except FileNotFoundError:
+        return removed
+    for entry in entries:
+        if pattern.fullmatch(entry.name):
+            if entry.is_dir(follow_symlinks=False):
+                shutil.rmtree(entry.path, ignore_errors=True)
+            else:
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(entry.path)
+            removed.append(Path(entry.path))
+    return removed
+
+
 def _disk_error(error: OSError, path: Path) -> OSError:
     """The OSError of a failed write of `path`, naming `path` (same errno)."""
     inner = f" (while writing {error.filename})" if error.filename and str(error.filename) != str(path) else ""
@@ -53,10 +77,12 @@ def _disk_error(error: OSError, path: Path) -> OSError:
 def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     """Yield a temporary path next to `path`; rename it to `path` only on success.
 
-    On any error the temporary file is removed. A full or read-only disk (ENOSPC,
+    On any error the temporary file is removed; temporaries of a killed earlier attempt
+    are removed first (remove_stale_temporaries). A full or read-only disk (ENOSPC,
     EDQUOT, EFBIG, EROFS) is re-raised as an OSError (same errno) naming `path`."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
+    remove_stale_temporaries(path)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp" + path.suffix)
     os.close(fd)
     tmp = Path(tmp)
@@ -191,11 +217,13 @@ def atomic_dir(path: str | os.PathLike) -> Iterator[Path]:
     """Yield a temporary folder next to `path`; rename it to `path` only on success.
 
     A job killed half-way leaves only a hidden `.name.*.tmp` folder, never a folder
-    under the final name that could be taken for a result. Any other error removes the
+    under the final name that could be taken for a result; the next attempt removes it.
+    Any other error removes the
     temporary folder; a full or read-only disk is re-raised naming `path` (atomic_path).
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
+    remove_stale_temporaries(path)
     tmp = Path(tempfile.mkdtemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp"))
     try:
         yield tmp

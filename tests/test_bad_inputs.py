@@ -222,8 +222,9 @@ def _unusual(mode: str, path: Path) -> tuple[Path, tuple[int, int, int]]:
     """An image of `mode` and the RGB colour it should read as."""
     if mode == "L":
         image, rgb = Image.new("L", (32, 32), 100), (100, 100, 100)
-    elif mode == "RGBA":  # alpha is dropped
-        image, rgb = Image.new("RGBA", (32, 32), (10, 200, 30, 128)), (10, 200, 30)
+    elif mode == "RGBA":  # composited over white: half of (10, 200, 30), half white
+        image = Image.new("RGBA", (32, 32), (10, 200, 30, 128))
+        rgb = tuple(round(c * 128 / 255 + 255 * 127 / 255) for c in (10, 200, 30))
     elif mode == "CMYK":  # saved as JPEG, the format that carries CMYK
         image, rgb = Image.new("CMYK", (32, 32), (0, 255, 255, 0)), (255, 0, 0)
         path = path.with_suffix(".jpg")

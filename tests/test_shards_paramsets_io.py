@@ -81,6 +81,27 @@ def test_atomic_writes_leave_nothing_on_failure(tmp_path):
     assert (folder / "manifest.csv").read_text() == "item_id\n"
 
 
+def test_a_killed_attempts_temporaries_are_removed_by_the_next_attempt(tmp_path):
+    """SIGKILL runs no cleanup: the hidden temporaries stay until the output is written again."""
+    stale_file = tmp_path / ".table.csv.ab_cd123.tmp.csv"
+    stale_dir = tmp_path / ".shard-000.x1y2z3w4.tmp"
+    stale_file.write_text("half")
+    (stale_dir / "a.png").parent.mkdir()
+    (stale_dir / "a.png").write_text("half")
+    others = [tmp_path / ".table.csv.b.abcdefgh.tmp",  # a temporary of the output "table.csv.b"
+              tmp_path / ".shard-0001.abcdefgh.tmp",  # of "shard-0001"
+              tmp_path / ".table.csv.abc.tmp"]  # not a mkstemp name
+    for other in others:
+        other.write_text("keep")
+    io.write_text(tmp_path / "table.csv", "a\n")
+    assert not stale_file.exists() and stale_dir.exists()
+    with io.atomic_dir(tmp_path / "shard-000") as tmp:
+        (tmp / "manifest.csv").write_text("item_id\n")
+    assert not stale_dir.exists()
+    assert all(other.read_text() == "keep" for other in others)
+    assert sorted(p.name for p in tmp_path.iterdir() if not p.name.startswith(".")) == ["shard-000", "table.csv"]
+
+
 @pytest.mark.parametrize("name", ["../x", "a/b", "", ".hidden", "a b", "..", "x\n"])
 def test_safe_name_rejects_path_escapes(name):
     with pytest.raises(ValueError):

@@ -29,6 +29,7 @@ from PIL import Image
 from .. import io
 from ..config import resolve_device, resolve_dtype
 from ..errors import InputError
+from ..metrics.embeddings import open_rgb
 from ..models.loaders import load_model
 from ..prompts.long_prompt import TEXT_HANDLING
 from .sd import batches, encode_prompts, initial_latents
@@ -227,8 +228,7 @@ def run_shard(config: dict, sd_key: str, controlnet_key: str, base_dir: str, pro
             controls, stems = [], []
             for row in inputs.itertuples(index=False):
                 stem = f"{io.safe_name(row.item_id)}_b{row.base_sample}"
-                with Image.open(row.base_path) as base_image:
-                    control = control_image(base_image, params)
+                control = control_image(open_rgb(row.base_path), params)  # names a broken file
                 io.save_image(tmp / CANNY_DIR / f"{stem}.png", control)
                 controls.append(control)
                 stems.append(stem)

@@ -35,15 +35,20 @@ def _load_clip(config: dict, model_key: str):
 def open_rgb(path: str | Path) -> Image.Image:
     """Open an image as RGB, naming the file on failure.
 
-    Grayscale (L), palette (P), RGBA (alpha dropped), CMYK and 16-bit grayscale (I;16,
-    or I as 16-bit PNGs may open) are converted; 16-bit values are mapped 0..65535 ->
-    0..255 (value / 257, rounded), so an image's brightness does not depend on its maximum."""
+    Grayscale (L), palette (P), CMYK and 16-bit grayscale (I;16, or I as 16-bit PNGs may
+    open) are converted; 16-bit values are mapped 0..65535 -> 0..255 (value / 257,
+    rounded), so an image's brightness does not depend on its maximum. Images with
+    transparency (RGBA, LA, PA, P with a transparent colour) are composited over white:
+    the colour under a transparent pixel is arbitrary and must not be seen."""
     try:
         with Image.open(path) as image:
             image.load()
             if image.mode in ("I;16", "I;16B", "I;16L", "I"):
                 array = np.clip(np.asarray(image, dtype=np.float64), 0, 65535)
                 image = Image.fromarray(np.round(array / 257.0).astype(np.uint8))
+            if image.mode in ("RGBA", "LA", "PA", "RGBa", "La") or "transparency" in image.info:
+                rgba = image.convert("RGBA")
+                return Image.alpha_composite(Image.new("RGBA", rgba.size, (255, 255, 255, 255)), rgba).convert("RGB")
             return image.convert("RGB")
     except FileNotFoundError:
         raise InputError(f"image {path} does not exist") from None
