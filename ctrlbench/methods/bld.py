@@ -26,6 +26,7 @@ import torch
 from diffusers.utils.torch_utils import randn_tensor
 from PIL import Image
 
+from ..batching import finite_pil
 from . import region_editing
 from .regions import resize_mask
 from .sdedit import ddim_scheduler, guided_noise, stack_embeddings
@@ -65,13 +66,14 @@ def encode_source(pipe, image: Image.Image) -> torch.Tensor:
 
 @torch.inference_mode()
 def bld_edit(pipe, image: Image.Image, mask: np.ndarray, embeds: tuple[torch.Tensor, torch.Tensor],
-             params: dict, generator: torch.Generator, output_type: str = "pil"):
+             params: dict, generator: torch.Generator, output_type: str = "pil", label: str = "the edit"):
     """One Blended Latent Diffusion edit (module docstring) of `image` inside `mask`
     (bool [H, W], the image's size) under `embeds` = (positive, negative) prompt embeddings.
 
     `pipe`: a StableDiffusionPipeline (its modules; DDIM is built from its scheduler config).
     params: num_inference_steps, guidance_scale. output_type "pil" -> PIL image, "latent"
-    -> the final latent [1, C, h, w] before decoding.
+    -> the final latent [1, C, h, w] before decoding. A decoded image holding NaN or inf
+    raises FloatingPointError naming `label`.
     """
     width, height = image.size
     if np.shape(mask) != (height, width):
@@ -105,7 +107,7 @@ def bld_edit(pipe, image: Image.Image, mask: np.ndarray, embeds: tuple[torch.Ten
         return z
     # 5. decode
     decoded = pipe.vae.decode(z / pipe.vae.config.scaling_factor, return_dict=False)[0]
-    return pipe.image_processor.postprocess(decoded, output_type="pil")[0]
+    return finite_pil(pipe.image_processor, decoded, [label], "bld edit")[0]
 
 
 def make_edit(pipe, params: dict) -> region_editing.Edit:

@@ -10,7 +10,9 @@ Seeding follows sd.py: each input's initial noise is what diffusers draws for on
 `generator=torch.Generator("cpu").manual_seed(seed)` and `num_images_per_prompt=
 samples_per_input`, so an input's images equal that single diffusers call and do not depend
 on batching. Batches run across inputs, holding only inputs of the same size and the same
-prompt chunk count (long prompts are encoded in 77-token chunks, never truncated).
+prompt chunk count (long prompts are encoded in 77-token chunks, never truncated). A batch
+that runs out of CUDA memory is halved and retried (ctrlbench.batching.OomBackoff); images
+holding NaN or inf raise FloatingPointError naming the item and are never saved.
 """
 
 from __future__ import annotations
@@ -27,6 +29,7 @@ import torch
 from PIL import Image
 
 from .. import io
+from ..batching import OomBackoff, finite_pil
 from ..config import resolve_device, resolve_dtype
 from ..errors import InputError
 from ..metrics.embeddings import open_rgb
@@ -110,14 +113,17 @@ def build_pipeline(sd_pipe, controlnet):
 
 @torch.inference_mode()
 def iter_regenerate(pipe, control_images: Sequence[Image.Image], prompts: Sequence[str],
-                    params: dict) -> Iterator[tuple[int, int, Image.Image]]:
+                    params: dict, labels: Sequence[str] | None = None) -> Iterator[tuple[int, int, Image.Image]]:
     """Yield (input index, sample, image) for samples_per_input images of every input.
 
     `control_images` are the ready ControlNet inputs (see control_image); the output has
     each control image's size. Order: by batch (inputs grouped by size and prompt length).
+    `labels` name the inputs in errors (default "input <index>"): images holding NaN or
+    inf raise FloatingPointError; a batch that runs out of CUDA memory is halved (OomBackoff).
     """
     if len(control_images) != len(prompts):
         raise ValueError(f"{len(control_images)} control images for {len(prompts)} prompts")
+    labels = list(labels) if labels is not None else [f"input {i}" for i in range(len(prompts))]
     device, dtype = pipe.device, pipe.unet.dtype
     n, seed, eta = params["samples_per_input"], params["seed"], float(params["eta"])
     embeds = encode_prompts(pipe, list(prompts), params["negative_prompt"], device)
@@ -127,30 +133,36 @@ def iter_regenerate(pipe, control_images: Sequence[Image.Image], prompts: Sequen
         i = job[0]
         return control_images[i].size, embeds[prompts[i]][0].shape[1]
 
+    def run(batch: list) -> list:  # batch: (input index, sample, initial noise) of one key
+        (width, height), _ = key(batch[0])
+        # eta > 0: DDIM's step noise from one generator per image (seed + 1 + sample), so it
+        # too is independent of batching; eta = 0 (the default) draws no step noise.
+        generator = [torch.Generator("cpu").manual_seed(seed + 1 + s) for _, s, _ in batch] if eta > 0 else None
+        pixels = pipe(
+            prompt_embeds=torch.cat([embeds[prompts[i]][0] for i, _, _ in batch]),
+            negative_prompt_embeds=torch.cat([embeds[prompts[i]][1] for i, _, _ in batch]),
+            image=[control_images[i] for i, _, _ in batch],
+            latents=torch.stack([noise for _, _, noise in batch]).to(device), generator=generator, eta=eta,
+            num_inference_steps=params["num_inference_steps"], guidance_scale=params["guidance_scale"],
+            controlnet_conditioning_scale=float(params["controlnet_conditioning_scale"]),
+            height=height, width=width, output_type="np",
+        ).images
+        return finite_pil(pipe.image_processor, pixels, [f"{labels[i]} sample {s}" for i, s, _ in batch],
+                          "controlnet regeneration")
+
     latents: dict[int, torch.Tensor] = {}  # per input, dropped once its last sample is batched
+    backoff = OomBackoff("controlnet regeneration")
     done = 0
     for batch in batches(jobs, key, params["batch_size"]):
         (width, height), _ = key(batch[0])
-        noise = []
+        noisy = []
         for i, sample in batch:
             if i not in latents:
                 latents[i] = initial_latents(pipe, n, height, width, seed, dtype)
-            noise.append(latents[i][sample])
+            noisy.append((i, sample, latents[i][sample]))
             if sample == n - 1:
                 del latents[i]
-        # eta > 0: DDIM's step noise from one generator per image (seed + 1 + sample), so it
-        # too is independent of batching; eta = 0 (the default) draws no step noise.
-        generator = [torch.Generator("cpu").manual_seed(seed + 1 + s) for _, s in batch] if eta > 0 else None
-        images = pipe(
-            prompt_embeds=torch.cat([embeds[prompts[i]][0] for i, _ in batch]),
-            negative_prompt_embeds=torch.cat([embeds[prompts[i]][1] for i, _ in batch]),
-            image=[control_images[i] for i, _ in batch],
-            latents=torch.stack(noise).to(device), generator=generator, eta=eta,
-            num_inference_steps=params["num_inference_steps"], guidance_scale=params["guidance_scale"],
-            controlnet_conditioning_scale=float(params["controlnet_conditioning_scale"]),
-            height=height, width=width, output_type="pil",
-        ).images
-        for (i, sample), image in zip(batch, images):
+        for (i, sample, _), image in zip(noisy, backoff.run(noisy, run)):
             yield i, sample, image
         done += len(batch)
         log.info("regenerated %d/%d images", done, len(jobs))
@@ -234,7 +246,8 @@ def run_shard(config: dict, sd_key: str, controlnet_key: str, base_dir: str, pro
                 stems.append(stem)
             n = params["samples_per_input"]
             records = [None] * (len(inputs) * n)
-            for i, sample, image in iter_regenerate(pipe, controls, inputs["prompt"].tolist(), params):
+            labels = [f"item {row.item_id} (base {row.base_image})" for row in inputs.itertuples(index=False)]
+            for i, sample, image in iter_regenerate(pipe, controls, inputs["prompt"].tolist(), params, labels):
                 row = inputs.iloc[i]
                 name = f"{stems[i]}_{sample:02d}.png"
                 io.save_image(tmp / name, image)

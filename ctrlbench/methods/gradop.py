@@ -22,7 +22,9 @@ text-to-image; K = 0 or G = 0 *is* plain text-to-image DDIM from the same noise.
 Seeding: image k of a call has its own CPU generator seeded with its seed; it draws the
 initial noise [1, 4, h/8, w/8], then each re-noise draw, then (eta > 0 only) DDIM's step
 noise, in loop order -- the order of the original pipeline with one image per call, so
-batching never changes an image. In a shard, sample s of every input uses seed + s.
+batching never changes an image. In a shard, sample s of every input uses seed + s; a
+batch that runs out of CUDA memory is halved (sdedit.run_guided_shard), and an output
+holding NaN or inf raises FloatingPointError and is never saved.
 
 The optimisation always runs in float32, on a float32 copy of the VAE (grad_vae), also
 when the pipeline is float16: fp16 gradients through the decoder underflow, and the
@@ -41,10 +43,11 @@ import torch
 from diffusers.utils.torch_utils import randn_tensor
 from PIL import Image
 
+from ..batching import finite_pil
 from ..metrics.faithfulness import gaussian_kernel1d, painting_function, to_unit_tensor
 from .sd import batches, encode_prompts
-from .sdedit import (MANIFEST_COLUMNS as SDEDIT_COLUMNS, _seed_list, ddim_scheduler, fit_image, guided_noise,
-                     run_guided_shard, stack_embeddings)
+from .sdedit import (MANIFEST_COLUMNS as SDEDIT_COLUMNS, _seed_list, ddim_scheduler, default_labels, fit_image,
+                     guided_noise, run_guided_shard, stack_embeddings)
 
 log = logging.getLogger(__name__)
 
@@ -128,7 +131,7 @@ def make_grad_vae(vae, memory_saver: str = "none"):
 
 def gradop(pipe, stroke_images: Sequence[Image.Image], prompts: Sequence[str], params: dict,
            generator_seed: int | Sequence[int], *, loss_log: list | None = None,
-           grad_vae=None) -> list[Image.Image]:
+           grad_vae=None, labels: Sequence[str] | None = None) -> list[Image.Image]:
     """GradOP+ for each (stroke painting, prompt): one output per input, in input order.
 
     `pipe`: a loaded StableDiffusionPipeline (its modules; the scheduler is DDIM, see
@@ -136,6 +139,8 @@ def gradop(pipe, stroke_images: Sequence[Image.Image], prompts: Sequence[str], p
     `loss_log`, if given, is extended with one entry per image: a list, per optimised
     step, of {"step": i, "timestep": re-noise timestep, "losses": [loss before each
     Adam step]}. `grad_vae`: a make_grad_vae(pipe.vae, params["memory_saver"]) to reuse.
+    An output holding NaN or inf raises FloatingPointError naming it by `labels` (one per
+    image; default "image <index> (seed <seed>)").
     """
     check_params(params)
     if len(stroke_images) != len(prompts):
@@ -148,6 +153,7 @@ def gradop(pipe, stroke_images: Sequence[Image.Image], prompts: Sequence[str], p
                                       grad_steps))
     one_at_a_time = params["memory_saver"] in ("vae_slicing", "vae_tiling")
     seeds = _seed_list(generator_seed, len(prompts), params["seed"])
+    labels = default_labels(labels, seeds)
     strokes = [fit_image(image, params["width"], params["height"]) for image in stroke_images]
     cache = encode_prompts(pipe, list(prompts), params["negative_prompt"], device)
     scheduler = ddim_scheduler(pipe)
@@ -215,7 +221,8 @@ def gradop(pipe, stroke_images: Sequence[Image.Image], prompts: Sequence[str], p
         # 4. the remaining steps ran in the loop above; decode
         with torch.no_grad():
             decoded = pipe.vae.decode(latents / scale, return_dict=False)[0]
-        for j, (k, image) in enumerate(zip(batch, pipe.image_processor.postprocess(decoded, output_type="pil"))):
+        images = finite_pil(pipe.image_processor, decoded, [labels[k] for k in batch], "gradop")
+        for j, (k, image) in enumerate(zip(batch, images)):
             outputs[k], logs[k] = image, batch_logs[j]
     if loss_log is not None:
         loss_log.extend(logs)
@@ -239,9 +246,10 @@ def run_shard(config: dict, model_key: str, inputs_csv: str, out_dir: str, param
     def make_generate(pipe):
         grad_vae = make_grad_vae(pipe.vae, params["memory_saver"])
 
-        def generate(strokes, prompts, seeds):
+        def generate(strokes, prompts, seeds, labels):
             loss_log: list = []
-            images = gradop(pipe, strokes, prompts, params, seeds, loss_log=loss_log, grad_vae=grad_vae)
+            images = gradop(pipe, strokes, prompts, params, seeds, loss_log=loss_log, grad_vae=grad_vae,
+                            labels=labels)
             return [(image, {"gradop_losses": loss_summary(entries)}) for image, entries in zip(images, loss_log)]
         return generate
 

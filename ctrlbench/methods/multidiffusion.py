@@ -18,6 +18,13 @@ The scheduler is DDIM (sdedit.ddim_scheduler: the model's noise schedule, clip_s
 off), built per call: the pipeline's own scheduler is never used or changed. DDIM's step
 keeps no state between calls, so one scheduler serves every view (diffusers saves and
 restores a scheduler state per view batch, which makes no difference for DDIM).
+
+A panorama's windows are denoised `view_batch_size` at a time; a window batch that runs
+out of CUDA memory is halved and retried (ctrlbench.batching.OomBackoff), which changes
+no window's result (no noise is drawn per window). Region-based generation makes one
+image per call, all its prompts in one UNet call per window: there is no batch size to
+halve. An image holding NaN or inf raises FloatingPointError naming the item and sample;
+it is never saved.
 """
 
 from __future__ import annotations
@@ -35,6 +42,7 @@ from PIL import Image
 from torch.nn import functional as F
 
 from .. import io
+from ..batching import OomBackoff, finite_pil
 from ..config import resolve_device, resolve_dtype
 from ..errors import InputError
 from ..models.loaders import load_model
@@ -124,8 +132,9 @@ def _embeddings(pipe, prompts: list[str], negative_prompt: str, cache: dict | No
 
 
 @torch.no_grad()
-def _decode(pipe, latents: torch.Tensor, vae_tiling: bool = False) -> Image.Image:
-    """The VAE decoding of diffusers' pipelines; tiling (if asked) only for this call."""
+def _decode(pipe, latents: torch.Tensor, label: str, what: str, vae_tiling: bool = False) -> Image.Image:
+    """The VAE decoding of diffusers' pipelines; tiling (if asked) only for this call.
+    A decoding holding NaN or inf raises FloatingPointError naming `what` and `label`."""
     tile = vae_tiling and not getattr(pipe.vae, "use_tiling", False)
     if tile:
         pipe.vae.enable_tiling()
@@ -134,7 +143,7 @@ def _decode(pipe, latents: torch.Tensor, vae_tiling: bool = False) -> Image.Imag
     finally:
         if tile:
             pipe.vae.disable_tiling()
-    return pipe.image_processor.postprocess(image, output_type="pil", do_denormalize=[True])[0]
+    return finite_pil(pipe.image_processor, image, [label], what)[0]
 
 
 def _steps(params: dict) -> int:
@@ -148,19 +157,23 @@ def _steps(params: dict) -> int:
 
 @torch.no_grad()
 def panorama(pipe, prompt: str, params: dict, seed: int | None = None, output_type: str = "pil",
-             embeds: dict | None = None, callback: Callable | None = None):
+             embeds: dict | None = None, callback: Callable | None = None, label: str | None = None,
+             backoff: OomBackoff | None = None):
     """A MultiDiffusion panorama of `prompt` (params: MULTIDIFFUSION_PANORAMA_DEFAULTS).
 
     `pipe`: a StableDiffusionPipeline (its modules are used, not its scheduler). Initial
     noise from torch.Generator("cpu").manual_seed(seed) (default params["seed"]), as
     diffusers draws it. `embeds`: an sd.encode_prompts cache (else the prompt is encoded
     here). `callback(i, t, latents)` runs after every step. Returns a PIL image, or the
-    final latents [1, C, h, w] with output_type="latent".
+    final latents [1, C, h, w] with output_type="latent". `label` names the image in a
+    NaN / inf error (default "image (seed <seed>)"); `backoff` (a job's OomBackoff, else a
+    new one) halves view batches that run out of CUDA memory.
     """
     height, width = int(params["height"]), int(params["width"])
     views = get_views(height, width, params["window_size"], params["stride"], pipe.vae_scale_factor)
     steps, guidance = _steps(params), float(params["guidance_scale"])
     view_batch = max(1, int(params.get("view_batch_size", 1)))
+    backoff = backoff or OomBackoff("multidiffusion panorama")
     seed = int(params["seed"] if seed is None else seed)
     device, dtype = pipe.device, pipe.unet.dtype
     positive, negative = _embeddings(pipe, [prompt], params.get("negative_prompt", ""), embeds)[prompt]
@@ -175,16 +188,19 @@ def panorama(pipe, prompt: str, params: dict, seed: int | None = None, output_ty
     for i, t in enumerate(scheduler.timesteps):
         value.zero_()
         count.zero_()
-        for start in range(0, len(views), view_batch):
-            chunk = views[start:start + view_batch]
+
+        def denoise(chunk: list[View]) -> list[torch.Tensor]:  # the windows' step results, in order
             x = torch.cat([latents[:, :, h0:h1, w0:w1] for h0, h1, w0, w1 in chunk])
             model_input = scheduler.scale_model_input(x.repeat_interleave(2, dim=0) if cfg else x, t)
             noise = pipe.unet(model_input, t, encoder_hidden_states=torch.cat([pair] * len(chunk))).sample
             if cfg:
                 uncond, text = noise[::2], noise[1::2]
                 noise = uncond + guidance * (text - uncond)
-            denoised = scheduler.step(noise, t, x).prev_sample
-            for (h0, h1, w0, w1), view in zip(chunk, denoised.chunk(len(chunk))):
+            return list(scheduler.step(noise, t, x).prev_sample.chunk(len(chunk)))
+
+        for start in range(0, len(views), view_batch):
+            chunk = views[start:start + view_batch]
+            for (h0, h1, w0, w1), view in zip(chunk, backoff.run(chunk, denoise)):
                 value[:, :, h0:h1, w0:w1] += view
                 count[:, :, h0:h1, w0:w1] += 1
         # The MultiDiffusion step: every pixel is the mean of the windows covering it.
@@ -193,7 +209,8 @@ def panorama(pipe, prompt: str, params: dict, seed: int | None = None, output_ty
             callback(i, t, latents)
     if output_type == "latent":
         return latents
-    return _decode(pipe, latents, bool(params.get("vae_tiling", False)))
+    return _decode(pipe, latents, label or f"image (seed {seed})", "multidiffusion panorama",
+                   bool(params.get("vae_tiling", False)))
 
 
 # --- regions --------------------------------------------------------------------------------
@@ -264,7 +281,8 @@ def constant_backgrounds(pipe, n: int, height: int, width: int, generator: torch
 
 @torch.no_grad()
 def regions(pipe, masks, prompts: list[str], background_prompt: str, params: dict, seed: int | None = None,
-            output_type: str = "pil", embeds: dict | None = None, callback: Callable | None = None):
+            output_type: str = "pil", embeds: dict | None = None, callback: Callable | None = None,
+            label: str | None = None):
     """Region-based MultiDiffusion (params: MULTIDIFFUSION_REGIONS_DEFAULTS).
 
     masks: [K, height, width] foreground masks (>= 0.5 is inside), one per entry of
@@ -274,6 +292,7 @@ def regions(pipe, masks, prompts: list[str], background_prompt: str, params: dic
     latent (as diffusers' SD pipeline does), the background colours and their VAE samples,
     and each bootstrap step's background choice. `callback(i, t, latents, bootstrapped)`
     runs after every step. Returns a PIL image or, with output_type="latent", the latents.
+    `label` names the image in a NaN / inf error (default "image (seed <seed>)").
     """
     height, width = int(params["height"]), int(params["width"])
     factor = pipe.vae_scale_factor
@@ -334,7 +353,7 @@ def regions(pipe, masks, prompts: list[str], background_prompt: str, params: dic
             callback(i, t, latents, bootstrap)
     if output_type == "latent":
         return latents
-    return _decode(pipe, latents)
+    return _decode(pipe, latents, label or f"image (seed {seed})", "multidiffusion regions")
 
 
 # --- shard jobs -----------------------------------------------------------------------------
@@ -382,12 +401,14 @@ def run_panorama_shard(config: dict, sd_key: str, prompts_csv: str, out_dir: str
         if len(prompts):
             pipe = load_model(config, sd_key, device=device, dtype=dtype)
             cache = encode_prompts(pipe, prompts["prompt"].tolist(), params["negative_prompt"], pipe.device)
+            backoff = OomBackoff("multidiffusion panorama")  # a halved view batch stays halved for the job
             (tmp / PANORAMA_DIR).mkdir()
             for k, row in enumerate(prompts.itertuples(index=False)):
                 for sample in range(n):
                     seed = int(params["seed"]) + sample
                     stem = f"{io.safe_name(row.item_id)}_{sample:02d}"
-                    image = panorama(pipe, row.prompt, params, seed, embeds=cache)
+                    image = panorama(pipe, row.prompt, params, seed, embeds=cache,
+                                     label=f"item {row.item_id} sample {sample}", backoff=backoff)
                     io.save_image(tmp / PANORAMA_DIR / f"{stem}.png", image)
                     for j, crop in enumerate(panorama_crops(image, params["crop_size"])):
                         io.save_image(tmp / f"{stem}_c{j:02d}.png", crop)
@@ -462,7 +483,8 @@ def run_regions_shard(config: dict, sd_key: str, inputs_csv: str, out_dir: str, 
                 for sample in range(n):
                     seed = int(params["seed"]) + sample
                     name = f"{io.safe_name(row['item_id'])}_{sample:02d}.png"
-                    image = regions(pipe, stack, region_prompts, background, params, seed, embeds=cache)
+                    image = regions(pipe, stack, region_prompts, background, params, seed, embeds=cache,
+                                    label=f"item {row['item_id']} sample {sample}")
                     io.save_image(tmp / name, image)
                     records.append({"item_id": row["item_id"], "sample": sample, "image": name,
                                     "prompt": background, "region_prompts": json.dumps(region_prompts),

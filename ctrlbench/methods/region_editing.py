@@ -15,6 +15,9 @@ SI and BLD (it is the generator's first draw) and each edit draws fresh noise.
 `run_shard` is the shared job driver: it reads and checks every mask before any model is
 loaded, writes `<item>_<sample:02d>.png`, `backgrounds/<item>_<sample:02d>.png`, the masks
 (regions.save_item_masks), params.json and manifest.csv last, all inside io.atomic_dir.
+A background or edit holding NaN or inf raises FloatingPointError naming the method, the
+item and the sample (and the region prompt of an edit); nothing of the shard is kept.
+Every image is made on its own, so there is no batch to halve on CUDA out-of-memory.
 """
 
 from __future__ import annotations
@@ -30,6 +33,7 @@ import torch
 from PIL import Image
 
 from .. import io
+from ..batching import finite_pil
 from ..config import resolve_device, resolve_dtype
 from ..errors import ConfigError, InputError
 from ..models.loaders import load_model
@@ -53,13 +57,13 @@ MakeEdit = Callable[[dict, dict], Edit]
 def prompt_cached_edit(pipe, params: dict, edit_with_embeds: Callable) -> Edit:
     """An Edit that encodes each region prompt once (chunked 77-token embeddings, with
     params["negative_prompt"]) and calls edit_with_embeds(pipe, image, mask, embeds,
-    params, generator)."""
+    params, generator, label=...), the label naming the region prompt in NaN / inf errors."""
     cache: dict[str, tuple] = {}
 
     def edit(image: Image.Image, mask: np.ndarray, prompt: str, generator: torch.Generator) -> Image.Image:
         if prompt not in cache:
             cache.update(encode_prompts(pipe, [prompt], params["negative_prompt"], pipe.device))
-        return edit_with_embeds(pipe, image, mask, cache[prompt], params, generator)
+        return edit_with_embeds(pipe, image, mask, cache[prompt], params, generator, label=f"region prompt {prompt!r}")
 
     return edit
 
@@ -108,13 +112,14 @@ def with_ddim(pipe):
 def generate_background(pipe, prompt: str, params: dict, generator: torch.Generator) -> Image.Image:
     """Phase 1: SD text-to-image of `prompt` (chunked 77-token embeddings), initial noise
     drawn from `generator`. `pipe` is a StableDiffusionPipeline; its scheduler is used as
-    is (run_shard passes with_ddim(pipe))."""
+    is (run_shard passes with_ddim(pipe)). An image holding NaN or inf raises FloatingPointError."""
     positive, negative = encode_prompts(pipe, [prompt], params["negative_prompt"], pipe.device)[prompt]
-    return pipe(prompt_embeds=positive, negative_prompt_embeds=negative,
-                num_inference_steps=int(params["num_inference_steps"]),
-                guidance_scale=float(params["guidance_scale"]),
-                height=int(params["height"]), width=int(params["width"]),
-                generator=generator, output_type="pil").images[0]
+    pixels = pipe(prompt_embeds=positive, negative_prompt_embeds=negative,
+                  num_inference_steps=int(params["num_inference_steps"]),
+                  guidance_scale=float(params["guidance_scale"]),
+                  height=int(params["height"]), width=int(params["width"]),
+                  generator=generator, output_type="np").images
+    return finite_pil(pipe.image_processor, pixels, ["background"], "background generation")[0]
 
 
 def edit_regions(background: Image.Image, masks: list[tuple[int, np.ndarray]], prompts: list[str],
@@ -166,8 +171,11 @@ def run_shard(config: dict, method: str, sd_key: str, inputs_csv, out_dir, param
                     seed = int(params["seed"]) + sample
                     stem = f"{_safe(item, name)}_{sample:02d}"
                     generator = torch.Generator("cpu").manual_seed(seed)
-                    background = generate_background(sd_pipe, prompt, params, generator)
-                    final = edit_regions(background, masks, prompts, edit, generator)
+                    try:
+                        background = generate_background(sd_pipe, prompt, params, generator)
+                        final = edit_regions(background, masks, prompts, edit, generator)
+                    except FloatingPointError as error:  # the edit functions do not know the item
+                        raise FloatingPointError(f"{name} item {item} sample {sample}: {error}") from error
                     io.save_image(tmp / BACKGROUND_DIR / f"{stem}.png", background)
                     io.save_image(tmp / f"{stem}.png", final)
                     records.append({

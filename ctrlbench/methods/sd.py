@@ -19,13 +19,12 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
-import numpy as np
 import pandas as pd
 import torch
 from diffusers.utils.torch_utils import randn_tensor
 
 from .. import io
-from ..batching import OomBackoff
+from ..batching import OomBackoff, finite_pil
 from ..config import resolve_device, resolve_dtype
 from ..errors import InputError
 from ..models.loaders import load_model
@@ -93,8 +92,8 @@ def generate(pipe, prompts: pd.DataFrame, params: dict, out_dir: Path, embeds: d
             num_inference_steps=params["num_inference_steps"], guidance_scale=params["guidance_scale"],
             height=height, width=width, output_type="np",
         ).images
-        check_finite_images(pixels, [(row.item_id, sample) for _, row, sample, _ in batch])
-        return pipe.image_processor.numpy_to_pil(pixels)
+        return finite_pil(pipe.image_processor, pixels, [f"item {row.item_id} sample {sample}"
+                                                         for _, row, sample, _ in batch], "sd generation")
 
     records = [None] * len(jobs)
     done = 0
@@ -109,15 +108,6 @@ def generate(pipe, prompts: pd.DataFrame, params: dict, out_dir: Path, embeds: d
         done += len(batch)
         log.info("generated %d/%d images", done, len(jobs))
     return pd.DataFrame(records, columns=MANIFEST_COLUMNS)
-
-
-def check_finite_images(pixels: np.ndarray, keys: list[tuple[str, int]]) -> None:
-    """Raise FloatingPointError when an image of a batch ([N, H, W, C] floats) holds NaN or inf."""
-    bad = [keys[i] for i in np.flatnonzero(~np.isfinite(pixels.reshape(len(pixels), -1)).all(axis=1))]
-    if bad:
-        shown = ", ".join(f"item {item} sample {sample}" for item, sample in bad[:5])
-        raise FloatingPointError(f"sd generation: {len(bad)} of {len(keys)} image(s) of a batch hold NaN or inf "
-                                 f"({shown}): the denoising diverged (with float16, try dtype: float32)")
 
 
 def check_prompts(prompts: pd.DataFrame, prompts_csv) -> None:

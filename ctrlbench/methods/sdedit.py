@@ -17,6 +17,8 @@ params["seed"]), drawn in diffusers' order (posterior sample, then the noise), s
 image equals `StableDiffusionImg2ImgPipeline(...)(prompt, image, strength=...,
 generator=torch.Generator().manual_seed(seed))` on the same model. In a shard, sample s
 of every input uses seed + s: sample 0 is what the original `run.py --seed <seed>` gives.
+So a batch that runs out of CUDA memory can be halved (run_guided_shard) without changing
+an image; an output holding NaN or inf raises FloatingPointError and is never saved.
 The scheduler is DDIM built from the model folder's scheduler config with
 clip_sample=False, set_alpha_to_one=False, steps_offset=1 (GradOP's pipeline forces DDIM).
 """
@@ -33,6 +35,7 @@ from diffusers.utils.torch_utils import randn_tensor
 from PIL import Image
 
 from .. import io
+from ..batching import OomBackoff, finite_pil
 from ..config import resolve_device, resolve_dtype
 from ..errors import InputError
 from ..metrics.embeddings import open_rgb
@@ -94,6 +97,15 @@ def _seed_list(seeds, n: int, default: int) -> list[int]:
     return seeds
 
 
+def default_labels(labels: Sequence[str] | None, seeds: list[int]) -> list[str]:
+    """How errors name the images of a call: `labels`, else "image <index> (seed <seed>)"."""
+    if labels is None:
+        return [f"image {k} (seed {seed})" for k, seed in enumerate(seeds)]
+    if len(labels) != len(seeds):
+        raise ValueError(f"{len(labels)} labels for {len(seeds)} images")
+    return list(labels)
+
+
 def guided_noise(pipe, latents, t, embeds, guidance_scale: float):
     """The UNet's noise prediction with classifier-free guidance (as the diffusers pipelines)."""
     cfg = guidance_scale > 1.0
@@ -115,12 +127,14 @@ def stack_embeddings(cache: dict, prompts: Sequence[str], guidance_scale: float)
 
 @torch.no_grad()
 def sdedit(pipe, images: Sequence[Image.Image], prompts: Sequence[str], params: dict,
-           seeds: int | Sequence[int] | None = None) -> list[Image.Image]:
+           seeds: int | Sequence[int] | None = None, labels: Sequence[str] | None = None) -> list[Image.Image]:
     """SDEdit img2img of each (image, prompt); one output per input, in input order.
 
     `pipe` is a loaded StableDiffusionPipeline (its modules are used, its scheduler is not).
     `seeds`: one per image, or one for all (default params["seed"]). Images are batched
     by params["batch_size"] (only images of one size and prompt chunk count share a batch).
+    An output holding NaN or inf raises FloatingPointError naming it by `labels` (one per
+    image; default "image <index> (seed <seed>)").
     """
     if len(images) != len(prompts):
         raise ValueError(f"{len(images)} images for {len(prompts)} prompts")
@@ -128,6 +142,7 @@ def sdedit(pipe, images: Sequence[Image.Image], prompts: Sequence[str], params: 
     steps, guidance = int(params["num_inference_steps"]), float(params["guidance_scale"])
     eta = float(params["eta"])
     seeds = _seed_list(seeds, len(images), params["seed"])
+    labels = default_labels(labels, seeds)
     t_start = start_index(steps, params["strength"])
     images = [fit_image(image, params["width"], params["height"]) for image in images]
     cache = encode_prompts(pipe, list(prompts), params["negative_prompt"], device)
@@ -162,7 +177,7 @@ def sdedit(pipe, images: Sequence[Image.Image], prompts: Sequence[str], params: 
                                                       guidance), t, latents, eta=eta,
                                          generator=generators if eta > 0 else None, return_dict=False)[0]
         decoded = pipe.vae.decode(latents / scale, return_dict=False)[0]
-        for k, image in zip(batch, pipe.image_processor.postprocess(decoded, output_type="pil")):
+        for k, image in zip(batch, finite_pil(pipe.image_processor, decoded, [labels[k] for k in batch], "sdedit")):
             out[k] = image
     return out
 
@@ -205,8 +220,10 @@ def run_guided_shard(config: dict, model_key: str, inputs_csv: str, out_dir: str
     `batch_size`, and write `<item_id>_<sample:02d>.png`, params.json and manifest.csv
     (last) atomically.
 
-    make_generate(pipe) -> generate(strokes, prompts, seeds) -> [(image, extra manifest
-    fields)]; `provenance` adds method-specific fields to params.json.
+    make_generate(pipe) -> generate(strokes, prompts, seeds, labels) -> [(image, extra
+    manifest fields)]; `provenance` adds method-specific fields to params.json. A batch that
+    runs out of CUDA memory is halved and retried (ctrlbench.batching.OomBackoff, named
+    `method`); each image's noise comes from its own seed, so the images stay the same.
     """
     inputs = read_inputs(inputs_csv)
     device = resolve_device(config)
@@ -219,15 +236,20 @@ def run_guided_shard(config: dict, model_key: str, inputs_csv: str, out_dir: str
             generate = make_generate(pipe)
             strokes = [fit_image(open_rgb(path), params["width"], params["height"]) for path in inputs["image"]]
             size = max(1, int(params["batch_size"]))
+            backoff = OomBackoff(method)
+
+            def run(part: list) -> list:
+                return generate([strokes[i] for i, _ in part], [inputs.prompt.iloc[i] for i, _ in part],
+                                [int(params["seed"]) + sample for _, sample in part],
+                                [f"item {inputs.item_id.iloc[i]} sample {sample}" for i, sample in part])
+
             for start in range(0, len(jobs), size):
                 chunk = jobs[start:start + size]
-                seeds = [int(params["seed"]) + sample for _, sample in chunk]
-                results = generate([strokes[i] for i, _ in chunk], [inputs.prompt.iloc[i] for i, _ in chunk], seeds)
-                for (i, sample), seed, (image, extra) in zip(chunk, seeds, results):
+                for (i, sample), (image, extra) in zip(chunk, backoff.run(chunk, run)):
                     row = inputs.iloc[i]
                     name = f"{row.item_id}_{sample:02d}.png"
                     io.save_image(tmp / name, image)
-                    records.append({**record(row, sample, name, seed), **extra})
+                    records.append({**record(row, sample, name, int(params["seed"]) + sample), **extra})
                 log.info("%s: %d/%d images", method, start + len(chunk), len(jobs))
         manifest = pd.DataFrame(records, columns=columns)
         io.write_json(tmp / "params.json", io.provenance(
@@ -242,8 +264,8 @@ def run_shard(config: dict, model_key: str, inputs_csv: str, out_dir: str, param
     """One job: SDEdit every stroke painting of the shard, samples_per_input times
     (run_guided_shard)."""
     def make_generate(pipe):
-        def generate(strokes, prompts, seeds):
-            return [(image, {}) for image in sdedit(pipe, strokes, prompts, params, seeds=seeds)]
+        def generate(strokes, prompts, seeds, labels):
+            return [(image, {}) for image in sdedit(pipe, strokes, prompts, params, seeds=seeds, labels=labels)]
         return generate
 
     return run_guided_shard(config, model_key, inputs_csv, out_dir, params, "sdedit", make_generate,

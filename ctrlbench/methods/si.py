@@ -24,6 +24,7 @@ import pandas as pd
 import torch
 from PIL import Image
 
+from ..batching import finite_pil
 from ..errors import ConfigError
 from . import region_editing
 
@@ -38,20 +39,22 @@ def mask_image(mask: np.ndarray) -> Image.Image:
 
 @torch.inference_mode()
 def si_edit(pipe, image: Image.Image, mask: np.ndarray, embeds: tuple[torch.Tensor, torch.Tensor],
-            params: dict, generator: torch.Generator) -> Image.Image:
+            params: dict, generator: torch.Generator, label: str = "the edit") -> Image.Image:
     """Inpaint `image` inside `mask` (bool [H, W], the image's size) under `embeds` =
     (positive, negative) prompt embeddings. `pipe`: a StableDiffusionInpaintPipeline,
     whose scheduler is used as is (make_edit passes region_editing.with_ddim(pipe)).
-    params: num_inference_steps, guidance_scale."""
+    params: num_inference_steps, guidance_scale. An output holding NaN or inf raises
+    FloatingPointError naming `label`."""
     width, height = image.size
     if np.shape(mask) != (height, width):
         raise ValueError(f"SI: mask is {np.shape(mask)[1]}x{np.shape(mask)[0]}, image is {width}x{height}")
     positive, negative = embeds
-    return pipe(prompt_embeds=positive, negative_prompt_embeds=negative, image=image.convert("RGB"),
-                mask_image=mask_image(mask), height=height, width=width, strength=1.0,
-                num_inference_steps=int(params["num_inference_steps"]),
-                guidance_scale=float(params["guidance_scale"]), generator=generator,
-                output_type="pil").images[0]
+    pixels = pipe(prompt_embeds=positive, negative_prompt_embeds=negative, image=image.convert("RGB"),
+                  mask_image=mask_image(mask), height=height, width=width, strength=1.0,
+                  num_inference_steps=int(params["num_inference_steps"]),
+                  guidance_scale=float(params["guidance_scale"]), generator=generator,
+                  output_type="np").images
+    return finite_pil(pipe.image_processor, pixels, [label], "si edit")[0]
 
 
 def make_edit(inpaint_pipe, params: dict) -> region_editing.Edit:

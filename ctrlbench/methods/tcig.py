@@ -12,6 +12,10 @@ add detail while keeping its layout.
 Decoders: "sd_vae" (the SD pipeline's own VAE; latent [1, 4, H/8, W/8]) or "vqmodel" (a
 diffusers VQModel, e.g. a converted VQGAN, given by `decoder_path`; latent in codebook
 space, quantised with a straight-through estimator, as VQGAN+CLIP does).
+
+Every image is made on its own (one item and sample per call), so there is no batch to
+halve on CUDA out-of-memory. A stage-1 or stage-2 image holding NaN or inf raises
+FloatingPointError naming the item and sample; it is never saved.
 """
 
 from __future__ import annotations
@@ -26,6 +30,7 @@ from PIL import Image
 from torch.nn import functional as F
 
 from .. import io
+from ..batching import check_finite_images, finite_pil
 from ..config import resolve_device, resolve_dtype
 from ..errors import ModelNotFoundError
 from ..models.loaders import load_model
@@ -293,7 +298,7 @@ def _targets(target_masks: dict, height: int, width: int, device) -> tuple[list[
 
 
 def stage1(decoder, clip, deeplab, prompt: str, target_masks: dict, params: dict,
-           seed: int) -> tuple[Image.Image, list[dict]]:
+           seed: int, label: str | None = None) -> tuple[Image.Image, list[dict]]:
     """Optimise the decoder latent for `prompt` and `target_masks` ({VOC class index or
     name: bool mask [H, W]}, resized to the image size if needed); returns the image
     decoded from the final latent and the loss history.
@@ -303,7 +308,8 @@ def stage1(decoder, clip, deeplab, prompt: str, target_masks: dict, params: dict
     .manual_seed(seed). The history has iterations + 1 entries: entry i is the loss of
     the latent after i AdamW steps (the last one is the returned image's) with keys
     step, loss (the total), clip (unweighted), seg (the weighted sum of the mask terms)
-    and seg_<voc class> (each class's unweighted MSE).
+    and seg_<voc class> (each class's unweighted MSE). A decoded image holding NaN or inf
+    raises FloatingPointError naming it by `label` (default "image (seed <seed>)").
     """
     decoder = as_decoder(decoder)
     height, width = int(params["height"]), int(params["width"])
@@ -356,6 +362,7 @@ def stage1(decoder, clip, deeplab, prompt: str, target_masks: dict, params: dict
             decoder.project_(z)
         if (step + 1) % 50 == 0:
             log.debug("stage 1 step %d/%d: loss %.4f", step + 1, iterations, entry["loss"])
+    check_finite_images(image, [label or f"image (seed {seed})"], "tcig stage 1")
     return to_pil(image), history
 
 
@@ -382,12 +389,14 @@ def build_img2img(pipe):
 
 
 @torch.inference_mode()
-def stage2(pipe, image: Image.Image, prompt: str, strength: float, params: dict, seed: int) -> Image.Image:
+def stage2(pipe, image: Image.Image, prompt: str, strength: float, params: dict, seed: int,
+           label: str | None = None) -> Image.Image:
     """SD img2img of the stage-1 image: `strength` of the `num_inference_steps` schedule
     is re-noised and denoised (guidance_scale, negative_prompt from params), noise from
     torch.Generator("cpu").manual_seed(seed). Prompts are encoded in 77-token chunks
     (never truncated). strength 0 returns a copy of `image`. Keeps the image size
-    (a multiple of 8)."""
+    (a multiple of 8). An output holding NaN or inf raises FloatingPointError naming it
+    by `label` (default "image (seed <seed>)")."""
     from .sd import encode_prompts
 
     strength = float(strength)
@@ -401,9 +410,10 @@ def stage2(pipe, image: Image.Image, prompt: str, strength: float, params: dict,
     img2img = build_img2img(pipe)
     positive, negative = encode_prompts(img2img, [prompt], params.get("negative_prompt", ""),
                                         img2img.device)[prompt]
-    return img2img(prompt_embeds=positive, negative_prompt_embeds=negative, image=image.convert("RGB"),
-                   strength=strength, num_inference_steps=steps, guidance_scale=float(params["guidance_scale"]),
-                   generator=torch.Generator("cpu").manual_seed(int(seed)), output_type="pil").images[0]
+    pixels = img2img(prompt_embeds=positive, negative_prompt_embeds=negative, image=image.convert("RGB"),
+                     strength=strength, num_inference_steps=steps, guidance_scale=float(params["guidance_scale"]),
+                     generator=torch.Generator("cpu").manual_seed(int(seed)), output_type="np").images
+    return finite_pil(img2img.image_processor, pixels, [label or f"image (seed {seed})"], "tcig stage 2")[0]
 
 
 # --- one shard job ------------------------------------------------------------------------
@@ -445,10 +455,11 @@ def run_shard(config: dict, sd_key: str, clip_key: str, deeplab_key: str, inputs
                 for sample in range(n):
                     seed = int(params["seed"]) + sample
                     stem = f"{safe}_{sample:02d}"
-                    first, history = stage1(decoder, clip, deeplab, row["prompt"], masks, params, seed)
+                    label = f"item {row['item_id']} sample {sample}"
+                    first, history = stage1(decoder, clip, deeplab, row["prompt"], masks, params, seed, label)
                     io.save_image(tmp / STAGE1_DIR / f"{stem}.png", first)
                     io.write_csv(tmp / STAGE1_DIR / f"{stem}_loss.csv", pd.DataFrame(history))
-                    final = stage2(img2img, first, row["prompt"], params["stage2_strength"], params, seed)
+                    final = stage2(img2img, first, row["prompt"], params["stage2_strength"], params, seed, label)
                     io.save_image(tmp / f"{stem}.png", final)
                     records.append({
                         "item_id": row["item_id"], "sample": sample, "image": f"{stem}.png",
