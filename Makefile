@@ -4,6 +4,9 @@
 PYTHON ?= python3
 VENV ?= .venv
 CORES ?= 2
+# The default profile allows one GPU job at a time (gpu: 1). Without a GPU every job runs
+# on the CPU, so the demo lets as many "GPU" jobs run as it has cores.
+GPU_SLOTS ?= $(shell n=$$(nvidia-smi -L 2>/dev/null | grep -c '^GPU'); [ "$${n:-0}" -gt 0 ] && echo $$n || echo $(CORES))
 STAMP := $(VENV)/.ctrlbench-installed
 
 .PHONY: demo test lint venv clean browser
@@ -17,7 +20,7 @@ $(STAMP): pyproject.toml requirements.lock
 	touch $(STAMP)
 
 demo: $(STAMP)
-	$(VENV)/bin/snakemake --cores $(CORES) --workflow-profile profiles/default
+	$(VENV)/bin/snakemake --cores $(CORES) --resources gpu=$(GPU_SLOTS) --workflow-profile profiles/default
 
 # Debian's chromium for the HTML report's browser test; where it cannot be installed (no
 # root, no apt) the test is skipped with the reason printed.
@@ -28,7 +31,7 @@ browser:
 		echo "chromium not installed: the browser test will be skipped"
 
 test: $(STAMP) browser
-	$(VENV)/bin/python -m pytest -q -rs
+	$(VENV)/bin/python -m pytest -q -rs --durations=15
 
 lint: $(STAMP)
 	$(VENV)/bin/snakemake --lint

@@ -4,11 +4,19 @@ One module-scoped run is shared by the tests below, which then check incremental
 behaviour: a no-op rerun, a changed sweep value, added dataset items, determinism.
 """
 
+import hashlib
 import json
+import os
+import re
 import shutil
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
+
+import numpy as np
+import psutil
 
 import pandas as pd
 import pytest
@@ -61,7 +69,22 @@ def demo(tmp_path_factory):
     config["n_shards"] = 4  # with 3 added items below, at least one shard stays untouched
     write_config(workdir, config)
     snakemake(workdir)
+    # Fingerprints of the first run, before the tests below change the config: the
+    # interrupted run must end with the same bytes.
+    (workdir / "first_run.json").write_text(json.dumps(result_fingerprints(workdir / "results")))
+    shutil.copy(workdir / "results" / "tables" / "summary.csv", workdir / "first_summary.csv")
     return workdir, config
+
+
+def result_fingerprints(results: Path) -> dict[str, str]:
+    """sha256 of every image, manifest, metric file and table (not logs, caches or
+    params.json, whose provenance holds times and paths). Dataset image paths are
+    absolute (docs/data.md), so the run's own folder is replaced by a placeholder first."""
+    files = [p for folder in ("images", "metrics", "tables") for p in (results / folder).rglob("*")
+             if p.is_file() and p.suffix in (".png", ".csv")]
+    run_dir = str(results.parent.resolve()).encode()
+    return {str(p.relative_to(results)): hashlib.sha256(p.read_bytes().replace(run_dir, b"<run>")).hexdigest()
+            for p in files}
 
 
 def test_demo_produces_summary_images_and_provenance(demo):
@@ -405,3 +428,141 @@ def test_fid_aesthetic_plots_grids_and_html_report_in_the_demo(mmm2025_demo, tmp
     out = tmp_path / "snakemake_report.html"
     snakemake(workdir, "--report", str(out))
     assert out.stat().st_size > 10_000
+
+
+# --- interrupted runs -----------------------------------------------------------------------
+
+def interrupt_run(workdir, ready, interrupt, *args):
+    """Start snakemake, wait until ready(workdir, process) holds, interrupt it, wait for the
+    end. Returns (outputs of the jobs Snakemake reported finished, their mtimes, output)."""
+    cmd = [str(SNAKEMAKE), "--snakefile", str(ROOT / "Snakefile"), "--directory", str(workdir), "--cores", "2",
+           *args]
+    with open(workdir / "interrupted.log", "w+") as log:
+        process = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+        deadline = time.monotonic() + 600
+        while not ready(workdir, process):
+            assert process.poll() is None, "the run ended before the point where it was to be interrupted"
+            assert time.monotonic() < deadline
+            time.sleep(0.1)
+        interrupt(process)
+        assert process.wait(timeout=300) != 0
+        log.seek(0)
+        output = log.read()
+    assert "Nothing to be done" not in output
+    outputs = finished_outputs(output)
+    results = workdir / "results"
+    assert outputs and not (results / "tables" / "summary.csv").exists()
+    check_no_half_written_results(results)
+    return {o: (workdir / o).stat().st_mtime_ns for o in outputs}
+
+
+def finished_outputs(log: str) -> set[str]:
+    """The outputs of every job the log reports as finished ('Finished jobid: N')."""
+    outputs, current = {}, []
+    for line in log.splitlines():
+        line = line.strip()
+        if line.startswith("output:"):
+            current = [o.strip() for o in line[len("output:"):].split(",")]
+        elif line.startswith("jobid:"):
+            outputs[line.split()[1]] = current
+    done = re.findall(r"Finished jobid: (\d+)", log)
+    return {o for jobid in done for o in outputs.get(jobid, [])}
+
+
+def check_no_half_written_results(results: Path):
+    """Every file under a final name is whole: tables parse, images decode, arrays load."""
+    for path in results.rglob("*"):
+        if not path.is_file() or any(part.startswith(".") for part in path.relative_to(results).parts):
+            continue  # hidden .name.XXXXXXXX.tmp files of a killed job are never read
+        if path.suffix == ".csv":
+            pd.read_csv(path)
+        elif path.suffix == ".png":
+            with Image.open(path) as image:
+                image.load()
+        elif path.suffix == ".npz":
+            with np.load(path) as arrays:
+                [arrays[k] for k in arrays.files]
+    for manifest in results.rglob("manifest.csv"):
+        for name in pd.read_csv(manifest)["image"]:
+            assert (manifest.parent / name).is_file(), manifest
+
+
+def running_script(name):
+    """ready(): a job running scripts/<name>.py (Snakemake runs a copy named *.<name>.py)."""
+    def ready(workdir, process):
+        try:
+            children = psutil.Process(process.pid).children(recursive=True)
+            return any(any(arg.endswith(f".{name}.py") for arg in child.cmdline()) for child in children)
+        except psutil.Error:
+            return False
+    return ready
+
+
+def exists(pattern, at_least=1):
+    return lambda workdir, process: len(list((workdir / "results").glob(pattern))) >= at_least
+
+
+def both(*conditions):
+    return lambda workdir, process: all(c(workdir, process) for c in conditions)
+
+
+def ctrl_c(process):
+    os.killpg(process.pid, signal.SIGINT)  # what a terminal sends to the whole foreground group
+
+
+def sigterm(process):
+    process.send_signal(signal.SIGTERM)  # kill, scancel, a shutdown
+
+
+def kill_job(name):
+    def interrupt(process):  # the kernel's OOM killer, a crashed job
+        for child in psutil.Process(process.pid).children(recursive=True):
+            if any(arg.endswith(f".{name}.py") for arg in child.cmdline()):
+                child.kill()
+    return interrupt
+
+
+def node_loss(process):
+    os.killpg(process.pid, signal.SIGKILL)  # Snakemake and every job die at once, nothing cleans up
+
+
+def test_interrupted_runs_resume_to_the_same_results(demo, tmp_path):
+    """The demo's config (one of its two guidance scales, to keep the test short) run with
+    four interruptions at different steps, each resumed: nothing a finished job wrote is
+    recomputed, no half-written file is ever under a final name, and the end result is
+    byte-identical to the uninterrupted run's (images, per-image metrics, summary rows),
+    which also shows that two runs of one config agree exactly."""
+    _, config = demo
+    config = json.loads(json.dumps(config))
+    config["methods"]["sd"]["sweep"]["guidance_scale"] = [5.0]
+    write_config(tmp_path, config)
+    results = tmp_path / "results"
+    steps = [
+        (exists("prompts/cub/template/shard-*.csv"), ctrl_c),
+        (both(exists("images/cub/sd/*/shard-*"), running_script("generate_sd")), kill_job("generate_sd")),
+        (running_script("clip_embeddings"), sigterm),
+        (exists("metrics/cub/sd/*/clip/shard-*.csv"), node_loss),
+    ]
+    kept = {}
+    for ready, interrupt in steps:
+        finished = interrupt_run(tmp_path, ready, interrupt, "--rerun-incomplete")
+        assert all(kept[o] == (tmp_path / o).stat().st_mtime_ns for o in kept)  # earlier work untouched
+        kept.update(finished)
+    # Node loss leaves Snakemake's lock behind; the documented resume is --unlock, then rerun.
+    snakemake(tmp_path, "--unlock")
+    snakemake(tmp_path, "--rerun-incomplete")
+    assert all(kept[o] == (tmp_path / o).stat().st_mtime_ns for o in kept), "finished work was recomputed"
+    assert not [p for p in results.rglob(".*.tmp*")], "a killed job's temporary file was left behind"
+    check_no_half_written_results(results)
+
+    first = json.loads((demo[0] / "first_run.json").read_text())
+    resumed = result_fingerprints(results)
+    summary = "tables/summary.csv"
+    expected = {path: digest for path, digest in first.items() if "guidance_scale=5.0" in path}
+    n_images = (config["toy"]["cub"]["n_classes"] * config["toy"]["cub"]["test_per_class"]
+                * config["methods"]["sd"]["params"]["images_per_prompt"])
+    assert len(expected) == n_images + 4 + 4  # images, 4 manifests, 4 metric files
+    assert {p: d for p, d in resumed.items() if p != summary} == expected
+    uninterrupted = pd.read_csv(demo[0] / "first_summary.csv")
+    uninterrupted = uninterrupted[uninterrupted["paramset"] == "guidance_scale=5.0"].reset_index(drop=True)
+    pd.testing.assert_frame_equal(pd.read_csv(results / summary), uninterrupted, check_exact=True)

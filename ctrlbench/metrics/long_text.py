@@ -22,7 +22,6 @@ from __future__ import annotations
 import math
 
 import numpy as np
-import torch
 
 from ..errors import InputError
 
@@ -86,12 +85,14 @@ def chunk_ids(tokenizer, text: str) -> list[list[int]]:
     return [_padded(tokenizer, piece) for piece in _pieces(tokenizer, text)]
 
 
-@torch.no_grad()
 def encode_chunk_rows(clip, rows: list[list[int]], batch_size: int = 32) -> np.ndarray:
     """L2-normalised CLIP text-tower embeddings of already tokenised rows, float32 [N, D]."""
+    import torch  # here, not at the top: metric jobs that only read caches skip torch's import
+
     ids = torch.tensor(rows, dtype=torch.long)
-    out = [clip.model.encode_text(ids[i:i + batch_size].to(clip.device)).float().cpu()
-           for i in range(0, len(ids), batch_size)]
+    with torch.no_grad():
+        out = [clip.model.encode_text(ids[i:i + batch_size].to(clip.device)).float().cpu()
+               for i in range(0, len(ids), batch_size)]
     if not out:
         return np.zeros((0, clip.embed_dim), np.float32)
     return torch.nn.functional.normalize(torch.cat(out), dim=-1).numpy()
