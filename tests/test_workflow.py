@@ -73,6 +73,7 @@ def demo(tmp_path_factory):
     # interrupted run must end with the same bytes.
     (workdir / "first_run.json").write_text(json.dumps(result_fingerprints(workdir / "results")))
     shutil.copy(workdir / "results" / "tables" / "summary.csv", workdir / "first_summary.csv")
+    (workdir / "first_config.json").write_text(json.dumps(config))  # the tests below change `config`
     return workdir, config
 
 
@@ -532,8 +533,7 @@ def test_interrupted_runs_resume_to_the_same_results(demo, tmp_path):
     recomputed, no half-written file is ever under a final name, and the end result is
     byte-identical to the uninterrupted run's (images, per-image metrics, summary rows),
     which also shows that two runs of one config agree exactly."""
-    _, config = demo
-    config = json.loads(json.dumps(config))
+    config = json.loads((demo[0] / "first_config.json").read_text())
     config["methods"]["sd"]["sweep"]["guidance_scale"] = [5.0]
     write_config(tmp_path, config)
     results = tmp_path / "results"
