@@ -31,3 +31,23 @@ def tiny_config(tmp_path_factory):
                 "models": {key: {"kind": kind, "source": "tiny"} for key, kind in kinds.items()}}
 
     return make
+
+
+def fake_inception_weights(tmp_path, monkeypatch):
+    """A .pth in torch-fidelity's Inception layout with random weights (standing in for
+    the 92 MB download): built once without loading any weights."""
+    import io
+
+    import torch
+    from torch_fidelity.feature_extractor_inceptionv3 import FeatureExtractorInceptionV3
+    from torchmetrics.image.fid import NoTrainInceptionV3
+
+    with monkeypatch.context() as patch:
+        patch.setattr(FeatureExtractorInceptionV3, "load_state_dict", lambda self, *a, **k: None)
+        empty = io.BytesIO()
+        torch.save({}, empty)
+        empty.seek(0)
+        state = NoTrainInceptionV3("inception-v3-compat", ["2048"], empty).state_dict()
+    path = tmp_path / "weights-inception-2015-12-05-6726825d.pth"
+    torch.save(state, path)
+    return path

@@ -4,6 +4,7 @@ on the tiny extractor, reference statistics reused, and the recorded flags."""
 import numpy as np
 import pandas as pd
 import pytest
+from conftest import fake_inception_weights
 import torch
 from PIL import Image
 
@@ -341,19 +342,9 @@ def test_load_fid_extractor_needs_an_fid_model(tmp_path):
 def test_real_inception_takes_the_antialias_choice(tmp_path, monkeypatch):
     """The real route (random weights in torch-fidelity's layout stand in for the 92 MB file):
     the same flag reaches torchmetrics' NoTrainInceptionV3, and its label names the file."""
-    import io
-
-    from torch_fidelity.feature_extractor_inceptionv3 import FeatureExtractorInceptionV3
     from torchmetrics.image.fid import NoTrainInceptionV3
 
-    with monkeypatch.context() as patch:
-        patch.setattr(FeatureExtractorInceptionV3, "load_state_dict", lambda self, *a, **k: None)
-        empty = io.BytesIO()
-        torch.save({}, empty)
-        empty.seek(0)
-        state = NoTrainInceptionV3("inception-v3-compat", ["2048"], empty).state_dict()
-    path = tmp_path / "weights-inception-2015-12-05-6726825d.pth"
-    torch.save(state, path)
+    path = fake_inception_weights(tmp_path, monkeypatch)
     config = {"results_dir": str(tmp_path), "hub_offline": True,
               "models": {"fid": {"kind": "fid_inception", "source": str(path)}}}
     image = torch.from_numpy(np.random.default_rng(0).integers(0, 256, (1, 3, 600, 600), dtype=np.uint8))

@@ -7,6 +7,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 import numpy as np
 import open_clip
 import pytest
+from conftest import fake_inception_weights
 import torch
 from PIL import Image
 from safetensors.torch import load_file
@@ -306,20 +307,10 @@ def test_fid_features_work_in_torchmetrics(tiny_config):
 def test_fid_loads_torch_fidelity_weights_file(tmp_path, monkeypatch):
     """The real route: a torch-fidelity Inception .pth -> torchmetrics' NoTrainInceptionV3.
     Random weights stand in for the 92 MB download."""
-    import io
-
-    from torch_fidelity.feature_extractor_inceptionv3 import FeatureExtractorInceptionV3
     from torchmetrics.image.fid import FrechetInceptionDistance, NoTrainInceptionV3
 
-    # Make a state dict in torch-fidelity's layout: construct once without loading weights.
-    with monkeypatch.context() as patch:
-        patch.setattr(FeatureExtractorInceptionV3, "load_state_dict", lambda self, *a, **k: None)
-        empty = io.BytesIO()
-        torch.save({}, empty)
-        empty.seek(0)
-        state = NoTrainInceptionV3("inception-v3-compat", ["2048"], empty).state_dict()
-    path = tmp_path / "weights-inception-2015-12-05-6726825d.pth"
-    torch.save(state, path)
+    path = fake_inception_weights(tmp_path, monkeypatch)
+    state = torch.load(path, weights_only=True)
     config = config_with(tmp_path, kind="fid_inception", source=str(path))
     model = load_model(config, "mymodel")
     assert isinstance(model, NoTrainInceptionV3) and model.num_features == 2048
