@@ -20,12 +20,19 @@ real in seconds. Steps, all in a temporary working directory:
    outputs have no metadata records in .snakemake/metadata, so the rerun skips reading
    one small record per output file that a real no-op rerun reads: a lower bound.
 
+With --profile, one more dry run runs under cProfile and the script reports where its
+time goes: the DAG build and the dry-run job listing, a few Snakemake internals that cost
+time on every job, and the time spent inside this project's own code (the input, params
+and helper functions of rules/*.smk and the ctrlbench package). cProfile slows Python
+about twofold, so read these as shares of the profiled total, not as seconds.
+
 Wall time and peak RSS are measured by a small wrapper process around snakemake
 (resource.getrusage of its child). Results: printed, and saved to
 bench/results/dag_scale.json with machine info.
 
     .venv/bin/python bench/dag_scale.py --jobs-target 20000
     .venv/bin/python bench/dag_scale.py --jobs-target 500 --repeats 1   # smoke
+    .venv/bin/python bench/dag_scale.py --jobs-target 20000 --profile   # + where the time goes
 """
 
 from __future__ import annotations
@@ -34,6 +41,7 @@ import argparse
 import copy
 import json
 import os
+import pstats
 import re
 import statistics
 import subprocess
@@ -133,6 +141,41 @@ def job_counts(output: str) -> dict[str, int]:
     return counts
 
 
+# Snakemake functions whose cumulative time the profile reports: (label, pstats pattern).
+# Each runs once per job or more; their shares say where a job's bookkeeping goes.
+PROFILED_PHASES = [
+    ("DAG build (all of it)", "workflow.py", "_build_dag"),
+    ("  creating jobs: inputs expanded (input functions included)", "rules.py", "expand_input"),
+    ("  params expanded (params functions included)", "rules.py", "expand_params"),
+    ("  per-job script check (reads the script source)", "script/__init__.py", "get_source"),
+    ("dry-run listing of every job (resources evaluated)", "job_scheduler.py", "schedule"),
+    ("  resources evaluated", "rules.py", "expand_resources"),
+    ("function signatures inspected (inspect.signature, every call)", "common/__init__.py", "get_function_params"),
+]
+
+
+def is_project_code(filename: str) -> bool:
+    path = Path(filename)
+    return (path.name == "Snakefile" or path.suffix == ".smk" or
+            (ROOT / "ctrlbench") in path.parents) and ROOT in path.parents
+
+
+def profile_breakdown(profile: Path) -> dict:
+    """Shares of the profiled dry run: PROFILED_PHASES, and the project's own code (the
+    cumulative time of project functions on calls that come from outside the project,
+    so nested project calls are not counted twice)."""
+    stats = pstats.Stats(str(profile)).stats
+    total = max(ct for _, _, _, ct, _ in stats.values())
+    phases = {}
+    for label, file_suffix, name in PROFILED_PHASES:
+        phases[label] = round(sum(ct for (filename, _, func), (_, _, _, ct, _) in stats.items()
+                                  if func == name and filename.endswith(file_suffix)), 2)
+    project = sum(edge[3] for (filename, _, _), (_, _, _, _, callers) in stats.items() if is_project_code(filename)
+                  for caller, edge in callers.items() if not is_project_code(caller[0]))
+    return {"profiled_total_s": round(total, 2), "phases_s": phases, "project_code_s": round(project, 2),
+            "project_code_share": round(project / total, 3)}
+
+
 def run_items(workdir: Path, config: dict) -> dict:
     """Toy data and the `items` checkpoint of every dataset, for real."""
     (workdir / "config.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
@@ -188,11 +231,23 @@ def fake_outputs(workdir: Path, jobs: list) -> int:
     return len(paths)
 
 
+def print_profile(profile: dict) -> None:
+    total = profile["profiled_total_s"]
+    print(f"\nprofiled dry run: {total:.1f} s under cProfile", flush=True)
+    print("| where the time goes | share of the profiled run |\n|---|---:|")
+    for label, seconds in profile["phases_s"].items():
+        print(f"| {label} | {100 * seconds / total:.0f}% |")
+    print(f"| this project's code (input, params and helper functions) | {100 * profile['project_code_share']:.0f}% |\n",
+          flush=True)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--jobs-target", type=int, default=20000, help="about this many jobs in the DAG")
     parser.add_argument("--shards", type=int, help="use this many shards (skips the calibration)")
     parser.add_argument("--repeats", type=int, default=3, help="timed dry runs (the median is reported)")
+    parser.add_argument("--profile", action="store_true",
+                        help="also profile one dry run (cProfile) and report where its time goes")
     parser.add_argument("--workdir", type=Path, help="keep the working directory here (default: a temp dir)")
     parser.add_argument("--out", type=Path, default=RESULTS / "dag_scale.json")
     args = parser.parse_args()
@@ -228,6 +283,15 @@ def main() -> None:
         record["dry_run"] = {"runs": runs, "median_wall_s": statistics.median(r["wall_s"] for r in runs),
                              "max_peak_rss_mib": max(r["peak_rss_mib"] for r in runs)}
         print(f"jobs in the DAG: {record['job_counts'].get('total')}", flush=True)
+
+        if args.profile:
+            profile = workdir / "dry_run.prof"
+            command = [sys.executable, "-m", "cProfile", "-o", str(profile), str(SNAKEMAKE),
+                       "--snakefile", str(ROOT / "Snakefile"), "--directory", str(workdir), "--cores", "2",
+                       "-n", "--quiet", "rules"]
+            subprocess.run(command, check=True, capture_output=True)
+            record["profile"] = profile_breakdown(profile)
+            print_profile(record["profile"])
 
         stats, output = snakemake(workdir, "-n", measure=True)
         jobs = listed_jobs(output)

@@ -4,11 +4,11 @@
 rule gallery_embeddings:
     input:
         gallery=f"{RESULTS}/data/{{dataset}}/gallery.csv",
-        model=lambda wc: model_inputs(CONFIG, wc.model),
+        model=wildcard_model_inputs,
     output:
         f"{RESULTS}/cache/gallery/{{dataset}}/{{model}}.npz",
     params:
-        models=lambda wc: {wc.model: CONFIG["models"][wc.model]},
+        models=wildcard_model_entry,
         runtime=runtime(),
     resources:
         gpu=1,

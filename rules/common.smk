@@ -18,7 +18,7 @@ from snakemake.exceptions import WorkflowError
 
 from ctrlbench import config as cb_config
 from ctrlbench.errors import ConfigError
-from ctrlbench.models.registry import model_inputs, model_source
+from ctrlbench.models.registry import model_entry, model_inputs, model_source
 from ctrlbench.data.layout import dataset_index_files
 
 try:
@@ -32,6 +32,8 @@ N_SHARDS = CONFIG["n_shards"]
 SHARDS = [f"{i:03d}" for i in range(N_SHARDS)]
 # Every parameter set of every method, resolved once: {method: {paramset: params}}.
 PARAMSETS = {name: cb_config.method_paramsets(CONFIG, name) for name in CONFIG["methods"]}
+# The Snakemake inputs of every model (its tiny build, or nothing for a real model), once.
+MODEL_INPUTS = {key: model_inputs(CONFIG, key) for key in CONFIG["models"]}
 
 
 wildcard_constraints:
@@ -68,8 +70,14 @@ def after_items(dataset):
     Snakemake then re-evaluates the whole per-shard chain once the checkpoint has run.
     Without it, a job planned before the checkpoint ran (when every shard looked
     changed) keeps its "input updated by another job" reason even when its shard
-    turned out unchanged."""
-    checkpoints.items.get(dataset=dataset)
+    turned out unchanged. A dataset whose checkpoint is done stays done for the rest of
+    the run, so it is asked only once (this runs for almost every one of 20,000 jobs)."""
+    if dataset not in _ITEMS_DONE:
+        checkpoints.items.get(dataset=dataset)
+        _ITEMS_DONE.add(dataset)
+
+
+_ITEMS_DONE = set()  # datasets whose `items` checkpoint has completed in this run
 
 
 def shard_items(wildcards):
@@ -88,7 +96,18 @@ def kinds_regex(section, kind):
 
 def method_model_inputs(wildcards):
     method = CONFIG["methods"][wildcards.method]
-    return model_inputs(CONFIG, *[method[k] for k in MODEL_SETTINGS if k in method])
+    return [path for k in MODEL_SETTINGS if k in method for path in MODEL_INPUTS[method[k]]]
+
+
+def wildcard_model_inputs(wildcards):
+    """The inputs of the model named by the {model} wildcard (an unknown name is reported
+    by model_inputs)."""
+    return MODEL_INPUTS.get(wildcards.model) or model_inputs(CONFIG, wildcards.model)
+
+
+def wildcard_model_entry(wildcards):
+    """{key: config entry} of the model named by the {model} wildcard (params)."""
+    return {wildcards.model: model_entry(CONFIG, wildcards.model)}
 
 
 MODEL_SETTINGS = ("model", "controlnet", "clip", "segmenter", "inpaint")  # method keys that name models
@@ -209,7 +228,18 @@ def select_inputs(wildcards):
 
 
 CLIP_EVAL = CONFIG["evaluation"]["clip"]
-FID_EVAL = CONFIG["evaluation"].get("fid")
+# The optional metrics' settings; {} when the metric is off (its rules are then never used).
+# Rules read them as constants, not through lambdas: a callable costs Snakemake a call
+# per job, and there are thousands of metric jobs in a sweep.
+FID_EVAL = CONFIG["evaluation"].get("fid") or {}
+IOU_EVAL = CONFIG["evaluation"].get("iou") or {}
+AESTHETIC_EVAL = CONFIG["evaluation"].get("aesthetic") or {}
+
+
+def metric_model(settings):
+    """(Snakemake inputs, {key: entry} for params) of an optional metric's model."""
+    key = settings.get("model")
+    return (MODEL_INPUTS[key], {key: CONFIG["models"][key]}) if key else ([], {})
 
 
 def prompt_set_shard(wildcards):

@@ -4,12 +4,12 @@
 rule clip_image_embeddings:
     input:
         source=shard_images,
-        model=lambda wc: model_inputs(CONFIG, wc.model),
+        model=wildcard_model_inputs,
     output:
         clip_images_cache("{model}", "{dataset}", "{method}", "{paramset}", "{shard}"),
     params:
         what="images",
-        models=lambda wc: {wc.model: CONFIG["models"][wc.model]},
+        models=wildcard_model_entry,
         runtime=runtime(),
         batch_size=CLIP_EVAL["batch_size"],
     resources:
@@ -25,12 +25,12 @@ rule clip_image_embeddings:
 rule clip_real_embeddings:
     input:
         source=shard_items,
-        model=lambda wc: model_inputs(CONFIG, wc.model),
+        model=wildcard_model_inputs,
     output:
         clip_real_cache("{model}", "{dataset}", "{shard}"),
     params:
         what="real",
-        models=lambda wc: {wc.model: CONFIG["models"][wc.model]},
+        models=wildcard_model_entry,
         runtime=runtime(),
         batch_size=CLIP_EVAL["batch_size"],
     resources:
@@ -46,12 +46,12 @@ rule clip_real_embeddings:
 rule clip_prompt_embeddings:
     input:
         source=prompt_set_shard,
-        model=lambda wc: model_inputs(CONFIG, wc.model),
+        model=wildcard_model_inputs,
     output:
         clip_prompts_cache("{model}", "{dataset}", "{prompt_set}", "{shard}"),
     params:
         what="prompts",
-        models=lambda wc: {wc.model: CONFIG["models"][wc.model]},
+        models=wildcard_model_entry,
         runtime=runtime(),
         batch_size=CLIP_EVAL["batch_size"],
         # A param, so a changed long_text rebuilds the cache. Caches of other CLIP models
@@ -109,14 +109,14 @@ rule faithfulness:
 rule iou:
     input:
         images=shard_images,
-        model=lambda wc: model_inputs(CONFIG, CONFIG["evaluation"]["iou"]["model"]),
+        model=metric_model(IOU_EVAL)[0],
     output:
         f"{RESULTS}/metrics/{{dataset}}/{{method}}/{{paramset}}/iou/shard-{{shard}}.csv",
     params:
-        model_key=lambda wc: CONFIG["evaluation"]["iou"]["model"],
-        models=lambda wc: {k: CONFIG["models"][k] for k in [CONFIG["evaluation"]["iou"]["model"]]},
+        model_key=IOU_EVAL.get("model"),
+        models=metric_model(IOU_EVAL)[1],
         runtime=runtime(),
-        batch_size=lambda wc: CONFIG["evaluation"]["iou"]["batch_size"],
+        batch_size=IOU_EVAL.get("batch_size"),
     wildcard_constraints:
         method="|".join(kinds_regex("methods", kind) for kind in cb_config.REGION_KINDS),
     resources:
@@ -137,15 +137,15 @@ rule iou:
 rule fid_image_features:
     input:
         source=shard_images,
-        model=lambda wc: model_inputs(CONFIG, wc.model),
+        model=wildcard_model_inputs,
     output:
         fid_images_cache("{model}", "{dataset}", "{method}", "{paramset}", "{shard}"),
     params:
         what="images",
-        models=lambda wc: {wc.model: CONFIG["models"][wc.model]},
+        models=wildcard_model_entry,
         runtime=runtime(),
-        batch_size=lambda wc: FID_EVAL["batch_size"],
-        antialias=lambda wc: FID_EVAL["antialias"],
+        batch_size=FID_EVAL.get("batch_size"),
+        antialias=FID_EVAL.get("antialias"),
     resources:
         gpu=1,
     conda:
@@ -159,15 +159,15 @@ rule fid_image_features:
 rule fid_real_features:
     input:
         source=shard_items,
-        model=lambda wc: model_inputs(CONFIG, wc.model),
+        model=wildcard_model_inputs,
     output:
         fid_real_cache("{model}", "{dataset}", "{shard}"),
     params:
         what="real",
-        models=lambda wc: {wc.model: CONFIG["models"][wc.model]},
+        models=wildcard_model_entry,
         runtime=runtime(),
-        batch_size=lambda wc: FID_EVAL["batch_size"],
-        antialias=lambda wc: FID_EVAL["antialias"],
+        batch_size=FID_EVAL.get("batch_size"),
+        antialias=FID_EVAL.get("antialias"),
     resources:
         gpu=1,
     conda:
@@ -203,10 +203,10 @@ rule fid_kid:
     output:
         f"{RESULTS}/metrics/{{dataset}}/{{method}}/{{paramset}}/fid/set.csv",
     params:
-        model_key=lambda wc: FID_EVAL["model"],
-        antialias=lambda wc: FID_EVAL["antialias"],
-        kid_subset_size=lambda wc: FID_EVAL["kid_subset_size"],
-        kid_subsets=lambda wc: FID_EVAL["kid_subsets"],
+        model_key=FID_EVAL.get("model"),
+        antialias=FID_EVAL.get("antialias"),
+        kid_subset_size=FID_EVAL.get("kid_subset_size"),
+        kid_subsets=FID_EVAL.get("kid_subsets"),
     conda:
         CONDA_ENV
     log:
@@ -218,15 +218,15 @@ rule fid_kid:
 # LAION aesthetic score from the CLIP image-embedding cache (no image is read again).
 rule aesthetic:
     input:
-        embeddings=lambda wc: clip_images_cache(CONFIG["evaluation"]["aesthetic"]["clip"], wc.dataset,
-                                                wc.method, wc.paramset, wc.shard),
-        model=lambda wc: model_inputs(CONFIG, CONFIG["evaluation"]["aesthetic"]["model"]),
+        embeddings=clip_images_cache(AESTHETIC_EVAL.get("clip", "off"), "{dataset}", "{method}", "{paramset}",
+                                     "{shard}"),
+        model=metric_model(AESTHETIC_EVAL)[0],
     output:
         f"{RESULTS}/metrics/{{dataset}}/{{method}}/{{paramset}}/aesthetic/shard-{{shard}}.csv",
     params:
-        model_key=lambda wc: CONFIG["evaluation"]["aesthetic"]["model"],
-        clip_key=lambda wc: CONFIG["evaluation"]["aesthetic"]["clip"],
-        models=lambda wc: {k: CONFIG["models"][k] for k in [CONFIG["evaluation"]["aesthetic"]["model"]]},
+        model_key=AESTHETIC_EVAL.get("model"),
+        clip_key=AESTHETIC_EVAL.get("clip"),
+        models=metric_model(AESTHETIC_EVAL)[1],
         runtime=runtime(),
     conda:
         CONDA_ENV

@@ -445,7 +445,7 @@ def interrupt_run(workdir, ready, interrupt, *args):
             assert process.poll() is None, "the run ended before the point where it was to be interrupted"
             assert time.monotonic() < deadline
             time.sleep(0.1)
-        interrupt(process)
+        interrupt(process, Path(log.name))
         assert process.wait(timeout=300) != 0
         log.seek(0)
         output = log.read()
@@ -507,23 +507,34 @@ def both(*conditions):
     return lambda workdir, process: all(c(workdir, process) for c in conditions)
 
 
-def ctrl_c(process):
-    os.killpg(process.pid, signal.SIGINT)  # what a terminal sends to the whole foreground group
+def ctrl_c(process, log):
+    """SIGINT to the whole foreground group, as a terminal sends it; pressed again if, after
+    5 s, the run goes on and Snakemake has not said it is terminating. Snakemake 9 can lose
+    a SIGINT that lands inside one of its short internal asyncio runs (the runner turns it
+    into a task cancellation that the coroutine swallows); a user would press Ctrl-C again."""
+    for _ in range(10):
+        os.killpg(process.pid, signal.SIGINT)
+        try:
+            process.wait(timeout=5)
+            return
+        except subprocess.TimeoutExpired:
+            if "Terminating processes on user request" in log.read_text():
+                return  # heard: interrupt_run waits for its end
 
 
-def sigterm(process):
+def sigterm(process, log):
     process.send_signal(signal.SIGTERM)  # kill, scancel, a shutdown
 
 
 def kill_job(name):
-    def interrupt(process):  # the kernel's OOM killer, a crashed job
+    def interrupt(process, log):  # the kernel's OOM killer, a crashed job
         for child in psutil.Process(process.pid).children(recursive=True):
             if any(arg.endswith(f".{name}.py") for arg in child.cmdline()):
                 child.kill()
     return interrupt
 
 
-def node_loss(process):
+def node_loss(process, log):
     os.killpg(process.pid, signal.SIGKILL)  # Snakemake and every job die at once, nothing cleans up
 
 
