@@ -94,29 +94,44 @@ def kinds_regex(section, kind):
     return "|".join(names) if names else "(?!)"
 
 
-def method_model_inputs(wildcards):
-    method = CONFIG["methods"][wildcards.method]
-    return [path for k in MODEL_SETTINGS if k in method for path in MODEL_INPUTS[method[k]]]
+def model_input_files(*keys):
+    """Snakemake inputs of the named models: their tiny builds (MODEL_INPUTS), nothing for
+    a real model. Unset keys (None) are skipped; an unknown key is reported by model_inputs."""
+    return [path for key in keys if key
+            for path in (MODEL_INPUTS[key] if key in MODEL_INPUTS else model_inputs(CONFIG, key))]
 
 
-def wildcard_model_inputs(wildcards):
-    """The inputs of the model named by the {model} wildcard (an unknown name is reported
-    by model_inputs)."""
-    return MODEL_INPUTS.get(wildcards.model) or model_inputs(CONFIG, wildcards.model)
-
-
-def wildcard_model_entry(wildcards):
-    """{key: config entry} of the model named by the {model} wildcard (params)."""
-    return {wildcards.model: model_entry(CONFIG, wildcards.model)}
+def model_entries(*keys):
+    """{key: config entry} of the named models, a job's params (so the params trigger sees
+    a changed entry). Unset keys (None) are skipped."""
+    return {key: model_entry(CONFIG, key) for key in keys if key}
 
 
 MODEL_SETTINGS = ("model", "controlnet", "clip", "segmenter", "inpaint")  # method keys that name models
 
 
+def method_model_keys(method):
+    entry = CONFIG["methods"][method]
+    return [entry[k] for k in MODEL_SETTINGS if k in entry]
+
+
+def method_model_inputs(wildcards):
+    return model_input_files(*method_model_keys(wildcards.method))
+
+
 def method_models(wildcards):
-    """The model entries a method's job loads (so the params trigger sees them)."""
-    method = CONFIG["methods"][wildcards.method]
-    return {method[k]: CONFIG["models"][method[k]] for k in MODEL_SETTINGS if k in method}
+    """The model entries a method's job loads."""
+    return model_entries(*method_model_keys(wildcards.method))
+
+
+def wildcard_model_inputs(wildcards):
+    """The inputs of the model named by the {model} wildcard."""
+    return model_input_files(wildcards.model)
+
+
+def wildcard_model_entry(wildcards):
+    """{key: config entry} of the model named by the {model} wildcard."""
+    return model_entries(wildcards.model)
 
 
 def method_input_dirs(wildcards):
@@ -234,12 +249,6 @@ CLIP_EVAL = CONFIG["evaluation"]["clip"]
 FID_EVAL = CONFIG["evaluation"].get("fid") or {}
 IOU_EVAL = CONFIG["evaluation"].get("iou") or {}
 AESTHETIC_EVAL = CONFIG["evaluation"].get("aesthetic") or {}
-
-
-def metric_model(settings):
-    """(Snakemake inputs, {key: entry} for params) of an optional metric's model."""
-    key = settings.get("model")
-    return (MODEL_INPUTS[key], {key: CONFIG["models"][key]}) if key else ([], {})
 
 
 def prompt_set_shard(wildcards):

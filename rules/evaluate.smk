@@ -109,12 +109,12 @@ rule faithfulness:
 rule iou:
     input:
         images=shard_images,
-        model=metric_model(IOU_EVAL)[0],
+        model=model_input_files(IOU_EVAL.get("model")),
     output:
         f"{RESULTS}/metrics/{{dataset}}/{{method}}/{{paramset}}/iou/shard-{{shard}}.csv",
     params:
         model_key=IOU_EVAL.get("model"),
-        models=metric_model(IOU_EVAL)[1],
+        models=model_entries(IOU_EVAL.get("model")),
         runtime=runtime(),
         batch_size=IOU_EVAL.get("batch_size"),
     wildcard_constraints:
@@ -220,13 +220,13 @@ rule aesthetic:
     input:
         embeddings=clip_images_cache(AESTHETIC_EVAL.get("clip", "off"), "{dataset}", "{method}", "{paramset}",
                                      "{shard}"),
-        model=metric_model(AESTHETIC_EVAL)[0],
+        model=model_input_files(AESTHETIC_EVAL.get("model")),
     output:
         f"{RESULTS}/metrics/{{dataset}}/{{method}}/{{paramset}}/aesthetic/shard-{{shard}}.csv",
     params:
         model_key=AESTHETIC_EVAL.get("model"),
         clip_key=AESTHETIC_EVAL.get("clip"),
-        models=metric_model(AESTHETIC_EVAL)[1],
+        models=model_entries(AESTHETIC_EVAL.get("model")),
         runtime=runtime(),
     conda:
         CONDA_ENV
