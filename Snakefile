@@ -37,3 +37,7 @@ rule all:
 
 onsuccess:
     print_results_location()
+
+
+# Last, once every rule exists: spares Snakemake an inspect.signature per function call.
+cache_function_signatures(workflow.rules)

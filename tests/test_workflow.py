@@ -131,6 +131,54 @@ def test_second_run_does_nothing(demo):
     assert "Nothing to be done" in result.stdout + result.stderr
 
 
+# Runs a dry run in-process and counts, for the functions defined in the Snakefile and
+# rules/: how often Snakemake asks for their signature (get_function_params) and how often
+# it then has to compute one (inspect.signature called from get_function_params).
+SIGNATURE_PROBE = """
+import collections, inspect, json, sys
+import snakemake.api, snakemake.cli, snakemake.common, snakemake.rules
+
+def from_workflow(func):
+    filename = getattr(getattr(func, "__code__", None), "co_filename", "")
+    return filename.endswith(".smk") or filename.endswith("Snakefile")
+
+counts = collections.Counter()
+signature, asked = inspect.signature, snakemake.common.get_function_params
+
+def counting_signature(obj, *args, **kwargs):
+    if from_workflow(obj) and sys._getframe(1).f_code.co_name == "get_function_params":
+        counts["inspected"] += 1
+    return signature(obj, *args, **kwargs)
+
+def counting_asked(func):
+    counts["asked"] += from_workflow(func)
+    return asked(func)
+
+inspect.signature = counting_signature
+snakemake.common.get_function_params = snakemake.rules.get_function_params = counting_asked
+sys.argv = ["snakemake", *sys.argv[1:]]
+try:
+    snakemake.cli.main()
+finally:
+    print("COUNTS", json.dumps(counts))
+"""
+
+
+def test_rule_functions_signatures_are_inspected_once_not_per_call(demo):
+    """Snakemake inspects a rule function's signature at every call unless the Snakefile
+    stored it (cache_function_signatures): about a tenth of a 20,000-job DAG build."""
+    workdir, _ = demo
+    result = subprocess.run(
+        [sys.executable, "-c", SIGNATURE_PROBE, "--snakefile", str(ROOT / "Snakefile"),
+         "--directory", str(workdir), "--cores", "2", "--dry-run", "--quiet", "rules"],
+        capture_output=True, text=True, timeout=600)
+    output = result.stdout + result.stderr
+    assert result.returncode == 0, output[-3000:]
+    counts = json.loads(output.split("COUNTS ")[1].splitlines()[0])
+    assert counts.get("asked", 0) > 100, counts  # every job's input and params functions
+    assert counts.get("inspected", 0) == 0, counts
+
+
 def test_changing_one_swept_value_reruns_only_that_parameter_set(demo):
     workdir, config = demo
     results = workdir / "results"
