@@ -389,8 +389,8 @@ def cache_function_signatures(rules):
     except ImportError:
         return 0
     cached = 0
-    for rule in rules:
-        for item in [*rule.input, *rule.params]:
+    for definition in rules:
+        for item in [*definition.input, *definition.params]:
             # A function given to input is kept bare, or wrapped in a string (unpack(...))
             # that may itself sit in an IOFile; params functions are kept bare.
             func = getattr(getattr(item, "_file", item), "callable", item)
