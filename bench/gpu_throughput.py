@@ -9,7 +9,8 @@ and the copy to the CPU are included; PNG writing is not) and records:
 
 - images/s (median of --repeats timed calls, after one untimed warm-up call that also
   triggers torch.compile);
-- peak GPU memory (torch.cuda.max_memory_allocated over the timed calls);
+- peak GPU memory: the method's own weights plus what the timed calls allocate above the
+  resident weights (torch.cuda.max_memory_allocated), since both pipelines stay loaded;
 - TFLOP per image, counted with torch.utils.flop_counter on one UNet (+ ControlNet)
   forward and one VAE decode, times the steps and the CFG factor;
 - the ratio to the FLOP bound: achieved TFLOP/s over a dense matmul's TFLOP/s measured
@@ -150,20 +151,24 @@ def matmul_tflops(device: str, dtype: torch.dtype, n: int, seconds: float = 2.0)
 
 
 def time_calls(pipe, kwargs: dict, device: str, repeats: int) -> tuple[list[float], float | None]:
-    """Seconds of each timed call (after one warm-up call), and peak GPU memory in GiB."""
+    """Seconds of each timed call (after one warm-up call), and the GPU memory the calls
+    took above what was allocated before them (activations, workspaces), in GiB. The
+    weights of every pipeline built are allocated before, so a method's peak is its own
+    weights plus this."""
+    cuda = device.startswith("cuda")
     with torch.inference_mode():
         pipe(**kwargs)
         synchronize(device)
-        if device.startswith("cuda"):
+        if cuda:
             torch.cuda.reset_peak_memory_stats()
+            resident = torch.cuda.memory_allocated()
         times = []
         for _ in range(repeats):
             start = time.perf_counter()
             pipe(**kwargs)
             synchronize(device)
             times.append(time.perf_counter() - start)
-    peak = torch.cuda.max_memory_allocated() / 2**30 if device.startswith("cuda") else None
-    return times, peak
+    return times, (torch.cuda.max_memory_allocated() - resident) / 2**30 if cuda else None
 
 
 def compiled(pipe, method: str):
@@ -213,22 +218,23 @@ def main(argv=None) -> int:
                     pipe = pipes[method]
                     attention = sorted({type(p).__name__ for p in pipe.unet.attn_processors.values()})
                     flops = flops_per_image(pipe, method, steps[method], args.height)
+                    weights = sum(weights_gib(module) for module in (pipe.unet, pipe.vae, pipe.text_encoder))
+                    if method == "controlnet":
+                        weights += weights_gib(pipe.controlnet)
                     if compile_setting == "on":
                         pipe = compiled(pipe, method)
                     for batch in args.batch_sizes:
                         kwargs = pipeline_kwargs(pipe, method, batch, steps[method], args.height, args.guidance)
-                        times, memory = time_calls(pipe, kwargs, args.device, args.repeats)
+                        times, above_weights = time_calls(pipe, kwargs, args.device, args.repeats)
                         images_per_s = batch / statistics.median(times)
                         row = {"method": method, "dtype": dtype_name, "compile": compile_setting, "batch": batch,
                                "steps": steps[method], "height": args.height, "images_per_s": images_per_s,
-                               "call_s": times, "peak_memory_gib": memory, "tflop_per_image": flops / 1e12,
-                               "flop_bound_tflops": peak, "bound_ratio": images_per_s * flops / 1e12 / peak,
-                               "attention_processors": attention,
-                               "weights_gib": weights_gib(pipe.unet) + weights_gib(pipe.vae)
-                               + weights_gib(pipe.text_encoder)
-                               + (weights_gib(pipe.controlnet) if method == "controlnet" else 0.0)}
+                               "call_s": times, "weights_gib": weights, "activations_gib": above_weights,
+                               "peak_memory_gib": None if above_weights is None else weights + above_weights,
+                               "tflop_per_image": flops / 1e12, "flop_bound_tflops": peak,
+                               "bound_ratio": images_per_s * flops / 1e12 / peak, "attention_processors": attention}
                         rows.append(row)
-                        memory_text = f"{memory:.2f} GiB" if memory is not None else "n/a"
+                        memory_text = f"{row['peak_memory_gib']:.2f} GiB" if above_weights is not None else "n/a"
                         print(f"{method:10s} {dtype_name} compile={compile_setting:3s} batch {batch:2d}: "
                               f"{images_per_s:.3f} img/s, {row['tflop_per_image']:.3g} TFLOP/img, "
                               f"{100 * row['bound_ratio']:.0f}% of bound, peak {memory_text}", flush=True)
