@@ -32,6 +32,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from types import SimpleNamespace
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
@@ -106,27 +107,37 @@ def pipeline_kwargs(pipe, method: str, batch: int, steps: int, height: int, guid
     return kwargs
 
 
-def flops_per_image(pipe, method: str, steps: int, height: int) -> float:
+def meta_parts(size: str) -> SimpleNamespace:
+    """The same architectures on PyTorch's meta device: shapes only, for counting FLOPs."""
+    from diffusers import ControlNetModel
+
+    with torch.device("meta"):
+        unet, vae, text_encoder = sd15_parts(size)
+        return SimpleNamespace(unet=unet, vae=vae, text_encoder=text_encoder,
+                               controlnet=ControlNetModel.from_unet(unet))
+
+
+def flops_per_image(parts: SimpleNamespace, method: str, steps: int, height: int) -> float:
     """FLOPs of one image: (UNet [+ ControlNet] forward at batch 2 for CFG) x steps + one
-    VAE decode, counted by torch's FlopCounterMode (matmuls and convolutions)."""
+    VAE decode, counted by torch's FlopCounterMode (matmuls, convolutions, attention).
+    Counted on the meta device (`meta_parts`), so the count does not depend on which
+    attention kernel the GPU picks."""
     from torch.utils.flop_counter import FlopCounterMode
 
-    device, dtype = pipe.device, pipe.unet.dtype
     side = height // 8
-    latent = torch.zeros((2, 4, side, side), device=device, dtype=dtype)
-    text = torch.zeros((2, 77, pipe.text_encoder.config.hidden_size), device=device, dtype=dtype)
-    t = torch.tensor(500, device=device)
-    with torch.inference_mode():
-        with FlopCounterMode(display=False) as step:
-            residuals = {}
-            if method == "controlnet":
-                cond = torch.zeros((2, 3, height, height), device=device, dtype=dtype)
-                down, mid = pipe.controlnet(latent, t, encoder_hidden_states=text, controlnet_cond=cond,
-                                            return_dict=False)
-                residuals = {"down_block_additional_residuals": down, "mid_block_additional_residual": mid}
-            pipe.unet(latent, t, encoder_hidden_states=text, **residuals)
-        with FlopCounterMode(display=False) as decode:
-            pipe.vae.decode(latent[:1] / pipe.vae.config.scaling_factor)
+    latent = torch.zeros((2, 4, side, side), device="meta")
+    text = torch.zeros((2, 77, parts.text_encoder.config.hidden_size), device="meta")
+    t = torch.tensor(500, device="meta")
+    with FlopCounterMode(display=False) as step:
+        residuals = {}
+        if method == "controlnet":
+            cond = torch.zeros((2, 3, height, height), device="meta")
+            down, mid = parts.controlnet(latent, t, encoder_hidden_states=text, controlnet_cond=cond,
+                                         return_dict=False)
+            residuals = {"down_block_additional_residuals": down, "mid_block_additional_residual": mid}
+        parts.unet(latent, t, encoder_hidden_states=text, **residuals)
+    with FlopCounterMode(display=False) as decode:
+        parts.vae.decode(latent[:1] / parts.vae.config.scaling_factor)
     return step.get_total_flops() * steps + decode.get_total_flops()
 
 
@@ -206,6 +217,7 @@ def main(argv=None) -> int:
         info["cuda"] = torch.version.cuda
     rows = []
     steps = {"sd": args.steps_sd, "controlnet": args.steps_controlnet}
+    shapes = meta_parts(args.size)
     with tempfile.TemporaryDirectory() as tmp:
         for dtype_name in args.dtypes:
             dtype = DTYPES[dtype_name]
@@ -217,7 +229,7 @@ def main(argv=None) -> int:
                 for method in args.methods:
                     pipe = pipes[method]
                     attention = sorted({type(p).__name__ for p in pipe.unet.attn_processors.values()})
-                    flops = flops_per_image(pipe, method, steps[method], args.height)
+                    flops = flops_per_image(shapes, method, steps[method], args.height)
                     weights = sum(weights_gib(module) for module in (pipe.unet, pipe.vae, pipe.text_encoder))
                     if method == "controlnet":
                         weights += weights_gib(pipe.controlnet)

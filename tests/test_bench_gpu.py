@@ -6,7 +6,6 @@ import json
 import subprocess
 import sys
 from pathlib import Path
-from types import SimpleNamespace
 
 import pytest
 import torch
@@ -19,13 +18,7 @@ import gpu_throughput  # noqa: E402
 
 @pytest.fixture(scope="module")
 def sd15_on_meta():
-    from diffusers import ControlNetModel
-
-    with torch.device("meta"):
-        unet, vae, text_encoder = gpu_throughput.sd15_parts("full")
-        controlnet = ControlNetModel.from_unet(unet)
-    return SimpleNamespace(unet=unet, vae=vae, text_encoder=text_encoder, controlnet=controlnet,
-                           device=torch.device("meta"))
+    return gpu_throughput.meta_parts("full")
 
 
 def parameters(module):
