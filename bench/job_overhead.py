@@ -2,9 +2,12 @@
 loop in one process, on one shard of --images images (tiny random-weight models, CPU).
 
 Methods: SD (generate_sd), ControlNet canny (regenerate_controlnet, on the SD images as
-bases) and SDEdit (guided_synthesis, on toy stroke paintings), with the demo's settings
+bases), SDEdit (guided_synthesis, on toy stroke paintings) and MultiDiffusion panorama
+(generate_panorama, one panorama per toy landscape prompt), with the demo's settings
 (config.yaml: 64x64, 4 / 4 / 6 steps, batch sizes 8 / 8 / 4, two images per prompt for SD
-and ControlNet). Everything runs in a temporary working directory:
+and ControlNet; 64x192 panoramas, 4 steps, window 8, stride 4, one view per UNet call).
+For the panorama, "images" are panoramas, and both sides also save its three square
+crops. Everything runs in a temporary working directory:
 
 - setup (untimed): toy data, tiny models, items and prompts of one shard (n_shards 1);
 - DAG: `snakemake --cores 1 <shard folder> --forcerun <rule>` timed around the
@@ -46,7 +49,9 @@ METHODS = {  # method name in the bench config: (rule, dataset)
     "sd": ("generate_sd", "cub"),
     "cn": ("regenerate_controlnet", "cub"),
     "sdedit": ("guided_synthesis", "strokes"),
+    "panorama": ("generate_panorama", "landscapes"),
 }
+MAX_PANORAMAS = 80  # toy landscape prompts available (ctrlbench/data/toy.py)
 
 
 # --- the DAG --------------------------------------------------------------------------
@@ -54,8 +59,9 @@ METHODS = {  # method name in the bench config: (rule, dataset)
 from machine import machine_info  # noqa: E402  (bench/machine.py)
 
 def bench_config(images: int, n_shards: int = 1) -> dict:
-    """config.yaml cut to SD and ControlNet on toy CUB and SDEdit on toy strokes, each
-    making `images` images in one shard with the demo's parameters (no sweeps)."""
+    """config.yaml cut to SD and ControlNet on toy CUB, SDEdit on toy strokes and the
+    panorama on toy landscape prompts, each making `images` images (panoramas) in one
+    shard with the demo's parameters (no sweeps)."""
     import yaml
 
     config = yaml.safe_load((ROOT / "config.yaml").read_text())
@@ -65,11 +71,13 @@ def bench_config(images: int, n_shards: int = 1) -> dict:
     config["toy"]["cub"] = {"n_classes": 2 if items % 2 == 0 else 1, "train_per_class": 1,
                             "test_per_class": items // 2 if items % 2 == 0 else items}
     config["toy"]["strokes"] = {"n_images": images}
-    config["datasets"] = {name: config["datasets"][name] for name in ("cub", "strokes")}
+    config["toy"]["prompts"] = {"n_prompts": min(images, MAX_PANORAMAS)}
+    config["datasets"] = {name: config["datasets"][name] for name in ("cub", "strokes", "landscapes")}
     config["methods"] = {
         "sd": {**demo["sd_template"], "datasets": ["cub"]},
         "cn": {**demo["cn_template"], "datasets": ["cub"], "base": "sd"},
         "sdedit": {**demo["sdedit"], "params": {**demo["sdedit"]["params"], "strength": 0.8}},
+        "panorama": demo["panorama"],
     }
     config["methods"]["sd"].pop("sweep")
     config["methods"]["sdedit"].pop("sweep")
@@ -109,9 +117,13 @@ def dag_run(workdir: Path, method: str, shards: list[int]) -> float:
 
 
 def manifest_rows(workdir: Path, method: str, shards=(0,)) -> int:
+    """Images the method's shards hold: manifest rows, or panoramas (a row per crop)."""
     import csv
 
-    return sum(len(list(csv.DictReader(open(workdir / shard_dir(method, s) / "manifest.csv")))) for s in shards)
+    def count(rows):
+        return len({row["panorama"] for row in rows}) if method == "panorama" else len(rows)
+
+    return sum(count(list(csv.DictReader(open(workdir / shard_dir(method, s) / "manifest.csv")))) for s in shards)
 
 
 # --- the plain loop (a separate process: --plain-loop) ----------------------------------
@@ -124,7 +136,7 @@ def plain_loop(spec: dict) -> dict:
     import pandas as pd
     import torch
     from diffusers import (ControlNetModel, DDIMScheduler, StableDiffusionControlNetPipeline,
-                           StableDiffusionImg2ImgPipeline, StableDiffusionPipeline)
+                           StableDiffusionImg2ImgPipeline, StableDiffusionPanoramaPipeline, StableDiffusionPipeline)
     from PIL import Image
     import cv2
 
@@ -138,6 +150,13 @@ def plain_loop(spec: dict) -> dict:
         controlnet = ControlNetModel.from_pretrained(models["controlnet"])
         pipe = StableDiffusionControlNetPipeline.from_pretrained(models["sd"], controlnet=controlnet, **common)
         pipe.scheduler = DDIMScheduler.from_config(pipe.scheduler.config)
+    elif method == "panorama":
+        pipe = StableDiffusionPanoramaPipeline.from_pretrained(models["sd"], **common)
+        pipe.scheduler = DDIMScheduler.from_config(pipe.scheduler.config)
+        # Its __call__ uses get_views' default window and stride (64, 8): bind the config's.
+        views = pipe.get_views
+        pipe.get_views = lambda height, width, **kw: views(height, width, window_size=params["window_size"],
+                                                           stride=params["stride"], **kw)
     else:
         pipe = StableDiffusionImg2ImgPipeline.from_pretrained(models["sd"], **common)
         pipe.scheduler = DDIMScheduler.from_config(pipe.scheduler.config, clip_sample=False,
@@ -148,6 +167,21 @@ def plain_loop(spec: dict) -> dict:
     out = Path(spec["out_dir"])
     out.mkdir(parents=True, exist_ok=True)
     rows = pd.DataFrame(rows)
+    if method == "panorama":  # one prompt per call, as the DAG's job does
+        n = 0
+        for prompt in rows["prompt"]:
+            image = pipe(prompt, height=params["height"], width=params["width"],
+                         num_inference_steps=params["num_inference_steps"], guidance_scale=params["guidance_scale"],
+                         view_batch_size=params["view_batch_size"],
+                         generator=torch.Generator("cpu").manual_seed(params["seed"])).images[0]
+            image.save(out / f"{n:05d}.png")
+            side = image.height  # the DAG's square crops, side by side (widths are multiples here)
+            for j, left in enumerate(range(0, image.width - side + 1, side)):
+                image.crop((left, 0, left + side, side)).save(out / f"{n:05d}_c{j:02d}.png")
+            n += 1
+        done = time.perf_counter()
+        return {"imports_s": round(imported - start, 3), "load_s": round(loaded - imported, 3),
+                "loop_s": round(done - loaded, 3), "images": n}
     per_input = params.get("images_per_prompt", params.get("samples_per_input", 1))
     per_batch = max(1, params["batch_size"] // per_input)  # inputs per call
     n = 0
@@ -188,7 +222,7 @@ def plain_spec(workdir: Path, config: dict, method: str, out_dir: Path) -> dict:
 
     folder = workdir / shard_dir(method)
     manifest = pd.read_csv(folder / "manifest.csv", dtype={"item_id": str}, keep_default_na=False)
-    if method == "sd":
+    if method in ("sd", "panorama"):
         rows = manifest.drop_duplicates("item_id")[["prompt"]].assign(input="")
     elif method == "cn":
         rows = manifest.drop_duplicates("item_id")
@@ -231,6 +265,8 @@ def main() -> None:
         return
     if args.images < 2 or args.images % 2:
         parser.error("--images must be even and >= 2")
+    if "panorama" in args.methods and args.images > MAX_PANORAMAS:
+        parser.error(f"the panorama has {MAX_PANORAMAS} toy prompts: --images at most {MAX_PANORAMAS}")
     sys.path.insert(0, str(ROOT))
 
     record = {"benchmark": "job_overhead", "machine": machine_info(),
