@@ -183,12 +183,15 @@ def time_calls(pipe, kwargs: dict, device: str, repeats: int) -> tuple[list[floa
 
 
 def compiled(pipe, method: str):
-    """The pipeline with its denoising networks compiled (the VAE and text encoder run
-    once per image; compiling them saves little)."""
-    pipe.unet = torch.compile(pipe.unet, fullgraph=True)
+    """A second pipeline on the same modules, with its denoising networks compiled (the
+    VAE and text encoder run once per image; compiling them saves little). `pipe` stays
+    uncompiled."""
+    copy = type(pipe)(**pipe.components, requires_safety_checker=False)
+    copy.set_progress_bar_config(disable=True)
+    copy.unet = torch.compile(pipe.unet, fullgraph=True)
     if method == "controlnet":
-        pipe.controlnet = torch.compile(pipe.controlnet, fullgraph=True)
-    return pipe
+        copy.controlnet = torch.compile(pipe.controlnet, fullgraph=True)
+    return copy
 
 
 def main(argv=None) -> int:
@@ -218,18 +221,17 @@ def main(argv=None) -> int:
     rows = []
     steps = {"sd": args.steps_sd, "controlnet": args.steps_controlnet}
     shapes = meta_parts(args.size)
+    flops = {method: flops_per_image(shapes, method, steps[method], args.height) for method in args.methods}
     with tempfile.TemporaryDirectory() as tmp:
         for dtype_name in args.dtypes:
             dtype = DTYPES[dtype_name]
             peak = args.peak_tflops or matmul_tflops(args.device, dtype, args.matmul_size)
             print(f"{dtype_name}: FLOP bound {peak:.1f} TFLOP/s", flush=True)
+            pipes = build_pipelines(args.size, Path(tmp, "tokenizer"), args.device, dtype)
             for compile_setting in args.compile:
-                # Fresh pipelines per compile setting: a compiled module stays compiled.
-                pipes = build_pipelines(args.size, Path(tmp, "tokenizer"), args.device, dtype)
                 for method in args.methods:
                     pipe = pipes[method]
                     attention = sorted({type(p).__name__ for p in pipe.unet.attn_processors.values()})
-                    flops = flops_per_image(shapes, method, steps[method], args.height)
                     weights = sum(weights_gib(module) for module in (pipe.unet, pipe.vae, pipe.text_encoder))
                     if method == "controlnet":
                         weights += weights_gib(pipe.controlnet)
@@ -243,16 +245,17 @@ def main(argv=None) -> int:
                                "steps": steps[method], "height": args.height, "images_per_s": images_per_s,
                                "call_s": times, "weights_gib": weights, "activations_gib": above_weights,
                                "peak_memory_gib": None if above_weights is None else weights + above_weights,
-                               "tflop_per_image": flops / 1e12, "flop_bound_tflops": peak,
-                               "bound_ratio": images_per_s * flops / 1e12 / peak, "attention_processors": attention}
+                               "tflop_per_image": flops[method] / 1e12, "flop_bound_tflops": peak,
+                               "bound_ratio": images_per_s * flops[method] / 1e12 / peak,
+                               "attention_processors": attention}
                         rows.append(row)
                         memory_text = f"{row['peak_memory_gib']:.2f} GiB" if above_weights is not None else "n/a"
                         print(f"{method:10s} {dtype_name} compile={compile_setting:3s} batch {batch:2d}: "
                               f"{images_per_s:.3f} img/s, {row['tflop_per_image']:.3g} TFLOP/img, "
                               f"{100 * row['bound_ratio']:.0f}% of bound, peak {memory_text}", flush=True)
-                del pipes
-                if args.device.startswith("cuda"):
-                    torch.cuda.empty_cache()
+            del pipes, pipe
+            if args.device.startswith("cuda"):
+                torch.cuda.empty_cache()
 
     print("\n| method | dtype | torch.compile | batch | img/s | TFLOP/img | % of FLOP bound | peak GPU GiB |")
     print("|---|---|---|---:|---:|---:|---:|---:|")

@@ -387,8 +387,7 @@ def cache_function_signatures(rules):
     try:
         from snakemake.common import overwrite_function_params
     except ImportError:
-        return 0
-    cached = 0
+        return
     for definition in rules:
         for item in [*definition.input, *definition.params]:
             # A function given to input is kept bare, or wrapped in a string (unpack(...))
@@ -396,5 +395,3 @@ def cache_function_signatures(rules):
             func = getattr(getattr(item, "_file", item), "callable", item)
             if inspect.isfunction(func):
                 overwrite_function_params(func, inspect.signature(func).parameters)
-                cached += 1
-    return cached

@@ -166,7 +166,7 @@ finally:
 
 def test_rule_functions_signatures_are_inspected_once_not_per_call(demo):
     """Snakemake inspects a rule function's signature at every call unless the Snakefile
-    stored it (cache_function_signatures): about a tenth of a 20,000-job DAG build."""
+    stored it (cache_function_signatures): 5% of a 20,000-job DAG build."""
     workdir, _ = demo
     result = subprocess.run(
         [sys.executable, "-c", SIGNATURE_PROBE, "--snakefile", str(ROOT / "Snakefile"),
