@@ -17,7 +17,7 @@ import yaml
 
 from . import paramsets
 from .errors import ConfigError
-from .methods.registry import METHOD_DEFAULTS, PARADIFFUSION_ENCODER_DTYPES, PARADIFFUSION_PLACEMENTS
+from .methods.registry import METHOD_DEFAULTS, PARAMETER_CHOICES
 
 SCHEMA_PATH = Path(__file__).resolve().parent.parent / "schemas" / "config.schema.yaml"
 
@@ -160,6 +160,10 @@ def check_references(config: dict) -> None:
     for name, entry in prompts.items():
         if entry["kind"] == "template" and "template" not in entry:
             raise ConfigError(f"prompts.{name}: a template prompt set needs 'template'")
+        stray = sorted(set(entry) & {"source", "separator", "max_captions"}) if entry["kind"] != "description" else []
+        if stray:
+            raise ConfigError(f"prompts.{name}: {', '.join(stray)} only apply to description prompt sets "
+                              f"(this one is {entry['kind']})")
         if entry["kind"] == "llm":
             backend = entry.get("backend")
             if backend == "local":
@@ -202,13 +206,11 @@ def check_references(config: dict) -> None:
                 if dataset in datasets and datasets[dataset]["format"] != "coco":
                     raise ConfigError(f"{where}: a {kind} method needs target masks, from a coco dataset; "
                                       f"dataset '{dataset}' is {datasets[dataset]['format']}")
-        if kind == "paradiffusion":
-            for paramset, params in method_paramsets(config, name).items():
-                for key, allowed in (("text_encoder_placement", PARADIFFUSION_PLACEMENTS),
-                                     ("text_encoder_dtype", PARADIFFUSION_ENCODER_DTYPES)):
-                    if params[key] not in allowed:
-                        raise ConfigError(f"{where}.params.{key}: '{params[key]}' is not one of "
-                                          f"{', '.join(allowed)} (parameter set {paramset})")
+        for paramset, params in method_paramsets(config, name).items():
+            for key, allowed in PARAMETER_CHOICES.get(kind, {}).items():
+                if params[key] not in allowed:
+                    raise ConfigError(f"{where}.params.{key}: '{params[key]}' is not one of "
+                                      f"{', '.join(allowed)} (parameter set {paramset})")
         if kind == "select" and not method.get("candidates"):
             raise ConfigError(f"{where}: a select method needs 'candidates'")
         for key in ("base", "candidates"):
@@ -228,9 +230,15 @@ def check_references(config: dict) -> None:
                     raise ConfigError(f"{where}: attribute retrieval needs CUB attributes; "
                                       f"dataset '{dataset}' is {datasets[dataset]['format']}")
     _check_no_cycles(config)
+    _check_description_sources(config)
     clip = config.get("evaluation", {}).get("clip")
     if clip:
         _check_model(config, clip["model"], "evaluation.clip.model", ("open_clip",))
+        if clip.get("held_out"):
+            _check_model(config, clip["held_out"], "evaluation.clip.held_out", ("open_clip",))
+            if clip["held_out"] == clip["model"]:
+                raise ConfigError(f"evaluation.clip.held_out: '{clip['held_out']}' is evaluation.clip.model "
+                                  "itself; a held-out scorer must be another CLIP model")
         used = {dataset for method in methods.values() for dataset in method["datasets"]}
         for dataset in sorted(used):
             prompt_set = evaluation_prompts(config, dataset)
@@ -275,10 +283,50 @@ def check_references(config: dict) -> None:
     from .report.papers import PAPERS  # light: pandas only
 
     for paper, rows in (config.get("report", {}).get("papers") or {}).items():
-        for row, ref in rows.items():
+        for row in rows:
             if row not in PAPERS[paper]:
                 raise ConfigError(f"report.papers.{paper}: unknown row '{row}' (rows: {', '.join(PAPERS[paper])})")
-            resolve_ref(config, ref, f"report.papers.{paper}.{row}")
+        paper_rows(config, paper)
+
+
+def paper_rows(config: dict, paper: str) -> dict[str, str | dict[str, str]]:
+    """{paper row: "method/paramset"} from report.papers.<paper>; a row mapped per dataset
+    ({dataset: ref}, e.g. mmm2025's retrieval: attributes on CUB, text on Flowers) gives
+    {dataset: "method/paramset"}. Every reference is checked."""
+    out: dict[str, str | dict[str, str]] = {}
+    for row, ref in (config.get("report", {}).get("papers") or {}).get(paper, {}).items():
+        where = f"report.papers.{paper}.{row}"
+        if isinstance(ref, dict):
+            unknown = sorted(set(ref) - set(config.get("datasets", {})))
+            if unknown:
+                raise ConfigError(f"{where}: unknown dataset(s) {', '.join(unknown)} "
+                                  f"(datasets: {', '.join(sorted(config.get('datasets', {})))})")
+            out[row] = {}
+            for dataset, dataset_ref in ref.items():
+                method, paramset = resolve_ref(config, dataset_ref, f"{where}.{dataset}")
+                if dataset not in config["methods"][method]["datasets"]:
+                    raise ConfigError(f"{where}.{dataset}: method '{method}' does not run on dataset '{dataset}'")
+                out[row][dataset] = f"{method}/{paramset}"
+        else:
+            out[row] = "{}/{}".format(*resolve_ref(config, ref, where))
+    return out
+
+
+def _check_description_sources(config: dict) -> None:
+    """A description made of attribute words needs a dataset with attributes (CUB)."""
+    datasets, prompts = config.get("datasets", {}), config.get("prompts", {})
+    uses = [(f"methods.{name}.prompts", method["prompts"], dataset)
+            for name, method in config.get("methods", {}).items() for dataset in method["datasets"]]
+    if config.get("evaluation", {}).get("clip"):
+        uses += [("evaluation.clip.prompts", evaluation_prompts(config, dataset), dataset)
+                 for dataset in sorted({d for m in config.get("methods", {}).values() for d in m["datasets"]})]
+    for where, prompt_set, dataset in uses:
+        entry = prompts.get(prompt_set, {})
+        if entry.get("kind") == "description" and entry.get("source") == "attributes" \
+                and datasets[dataset]["format"] != "cub":
+            raise ConfigError(f"{where}: prompt set '{prompt_set}' describes items by their attributes, but dataset "
+                              f"'{dataset}' ({datasets[dataset]['format']}) has none (only CUB has attributes); "
+                              f"use source: captions")
 
 
 def fid_reference(config: dict, dataset: str) -> str:

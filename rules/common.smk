@@ -205,7 +205,7 @@ def all_metric_shards(wildcards):
     files = []
     for dataset, method, paramset in method_runs():
         kind = CONFIG["methods"][method]["kind"]
-        metrics = ["clip"]
+        metrics = list(CLIP_SCORERS)
         if kind in ("sdedit", "gradop"):
             metrics.append("faithfulness")
         if kind in cb_config.REGION_KINDS and CONFIG["evaluation"].get("iou"):
@@ -261,9 +261,16 @@ def has_real_images(dataset):
     return CONFIG["datasets"][dataset]["format"] not in cb_config.TEXT_ONLY_FORMATS
 
 
+# The CLIP models that score t_sim / i_sim, by metric folder: the evaluation CLIP, and the
+# held-out one (a CLIP that chose no base image) when evaluation.clip.held_out is set.
+CLIP_SCORERS = {"clip": CLIP_EVAL["model"],
+                **({"clip_held_out": CLIP_EVAL["held_out"]} if CLIP_EVAL.get("held_out") else {})}
+CLIP_SCORER_SUFFIX = {"clip": "", "clip_held_out": "_held_out"}
+
+
 def clip_similarity_inputs(wildcards):
     after_items(wildcards.dataset)
-    model, dataset, shard = CLIP_EVAL["model"], wildcards.dataset, wildcards.shard
+    model, dataset, shard = CLIP_SCORERS[wildcards.scorer], wildcards.dataset, wildcards.shard
     inputs = {
         "images": clip_images_cache(model, dataset, wildcards.method, wildcards.paramset, shard),
         "text": clip_prompts_cache(model, dataset, cb_config.evaluation_prompts(CONFIG, dataset), shard),
@@ -274,10 +281,8 @@ def clip_similarity_inputs(wildcards):
 
 
 def paper_rows(paper):
-    """{paper row: "method/paramset"} from report.papers.<paper>."""
-    rows = CONFIG.get("report", {}).get("papers", {}).get(paper, {})
-    return {row: "{}/{}".format(*cb_config.resolve_ref(CONFIG, ref, f"report.papers.{paper}"))
-            for row, ref in rows.items()}
+    """{paper row: "method/paramset", or {dataset: "method/paramset"}} from report.papers.<paper>."""
+    return cb_config.paper_rows(CONFIG, paper)
 
 
 def summary_table():

@@ -56,7 +56,7 @@ rule clip_prompt_embeddings:
         batch_size=CLIP_EVAL["batch_size"],
         # A param, so a changed long_text rebuilds the cache. Caches of other CLIP models
         # (base selection) only need the truncated `emb`.
-        long_text=lambda wc: CLIP_EVAL["long_text"] if wc.model == CLIP_EVAL["model"] else ["truncate"],
+        long_text=lambda wc: CLIP_EVAL["long_text"] if wc.model in CLIP_SCORERS.values() else ["truncate"],
     resources:
         gpu=1,
     conda:
@@ -67,19 +67,25 @@ rule clip_prompt_embeddings:
         "../scripts/clip_embeddings.py"
 
 
+# t_sim / i_sim by evaluation.clip.model (metric folder "clip"), and the same by the
+# held-out CLIP evaluation.clip.held_out, when set (folder "clip_held_out", metrics
+# t_sim_held_out, ...).
 rule clip_similarity:
     input:
         unpack(clip_similarity_inputs),
     output:
-        f"{RESULTS}/metrics/{{dataset}}/{{method}}/{{paramset}}/clip/shard-{{shard}}.csv",
+        f"{RESULTS}/metrics/{{dataset}}/{{method}}/{{paramset}}/{{scorer}}/shard-{{shard}}.csv",
     params:
         scale=CLIP_EVAL["scale"],
-        model_key=CLIP_EVAL["model"],
+        model_key=lambda wc: CLIP_SCORERS[wc.scorer],
         long_text=CLIP_EVAL["long_text"],
+        suffix=lambda wc: CLIP_SCORER_SUFFIX[wc.scorer],
+    wildcard_constraints:
+        scorer="|".join(CLIP_SCORERS),
     conda:
         CONDA_ENV
     log:
-        f"{RESULTS}/logs/clip_similarity/{{dataset}}/{{method}}/{{paramset}}/shard-{{shard}}.log",
+        f"{RESULTS}/logs/clip_similarity/{{scorer}}/{{dataset}}/{{method}}/{{paramset}}/shard-{{shard}}.log",
     script:
         "../scripts/clip_similarity.py"
 

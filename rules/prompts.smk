@@ -46,6 +46,25 @@ rule llm_prompts:
         "../scripts/llm_prompts.py"
 
 
+# The item's own description (its captions, or its attribute words, joined into one text):
+# the text mmm2025's main.py gives ControlNet, base selection and t-SIM.
+rule description_prompts:
+    input:
+        shard=shard_items,
+    output:
+        prompts_shard("{dataset}", "{prompt_set}", "{shard}"),
+    params:
+        prompt=lambda wc: CONFIG["prompts"][wc.prompt_set],
+    wildcard_constraints:
+        prompt_set=kinds_regex("prompts", "description"),
+    conda:
+        CONDA_ENV
+    log:
+        f"{RESULTS}/logs/prompts/{{dataset}}/{{prompt_set}}/shard-{{shard}}.log",
+    script:
+        "../scripts/description_prompts.py"
+
+
 # The item's own caption as its prompt (stroke paintings, COCO); keeps every item column.
 rule caption_prompts:
     input:

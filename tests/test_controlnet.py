@@ -39,8 +39,26 @@ def shapes(size=(64, 64), seed=0):
 
 
 def cv2_canny(image, low=100, high=200):
+    """ControlNet's CannyDetector (annotator/canny): cv2.Canny on the RGB array."""
+    edges = cv2.Canny(np.array(image.convert("RGB")), low, high)
+    return Image.fromarray(np.stack([edges] * 3, axis=-1))
+
+
+def gray_canny(image, low=100, high=200):
     edges = cv2.Canny(cv2.cvtColor(np.array(image.convert("RGB")), cv2.COLOR_RGB2GRAY), low, high)
     return Image.fromarray(np.stack([edges] * 3, axis=-1))
+
+
+def controlnet_resize_image(input_image, resolution):
+    """ControlNet's annotator/util.py resize_image, as the reference the authors' canny.py calls."""
+    H, W, C = input_image.shape
+    H, W = float(H), float(W)
+    k = float(resolution) / min(H, W)
+    H *= k
+    W *= k
+    H = int(np.round(H / 64.0)) * 64
+    W = int(np.round(W / 64.0)) * 64
+    return cv2.resize(input_image, (W, H), interpolation=cv2.INTER_LANCZOS4 if k > 1 else cv2.INTER_AREA)
 
 
 @pytest.fixture(scope="module")
@@ -118,16 +136,53 @@ def test_control_size(size, long_side, expected):
 def test_control_size_rejects_nonsense():
     with pytest.raises(ValueError):
         cn.control_size(0, 10, 512)
+    with pytest.raises(ValueError):
+        cn.annotator_size(10, 0, 512)
+    with pytest.raises(ValueError, match="control_resize"):
+        cn.resize_for_control(shapes(), 64, "nope")
 
 
-def test_canny_map_is_cv2_canny_of_the_gray_image():
+@pytest.mark.parametrize("size", [(512, 384), (500, 375), (384, 500), (1024, 1024), (640, 427), (1000, 600),
+                                  (512, 416), (333, 500), (30, 20), (100, 60), (64, 64)])
+def test_annotator_resize_equals_controlnets_resize_image(size):
+    """The authors' canny.py: resize_image(HWC3(img), int(min(w, h) / max(w, h) * 512))."""
+    image = shapes(size=size)
+    long_side = 512 if max(size) > 100 else 128
+    resolution = int(min(size) / max(size) * long_side)
+    expected = controlnet_resize_image(np.asarray(image), resolution)
+    got = cn.resize_for_control(image, long_side, "annotator")
+    assert got.size == cn.annotator_size(*size, long_side) == (expected.shape[1], expected.shape[0])
+    assert np.array_equal(np.asarray(got), expected)
+
+
+def test_annotator_and_long_side_resizes_differ_where_rounding_does():
+    # 416 / 64 = 6.5: np.round (half to even) gives 384, ours rounds half up to 448
+    assert cn.annotator_size(512, 416, 512) == (512, 384)
+    assert cn.control_size(512, 416, 512) == (512, 448)
+    # elsewhere they agree
+    assert cn.annotator_size(500, 375, 512) == cn.control_size(500, 375, 512) == (512, 384)
+
+
+def test_canny_map_rgb_and_gray():
     image = shapes()
-    edges = cn.canny_map(image, 100, 200)
+    edges = cn.canny_map(image, 100, 200)  # default: on the RGB array, as ControlNet's CannyDetector
     assert edges.mode == "RGB" and edges.size == image.size
     assert np.array_equal(np.asarray(edges), np.asarray(cv2_canny(image)))
+    assert np.array_equal(np.asarray(cn.canny_map(image, 100, 200, "gray")), np.asarray(gray_canny(image)))
     assert 0 < (np.asarray(edges) > 0).mean() < 0.5
     soft = image.filter(ImageFilter.GaussianBlur(2))  # weak edges: the thresholds decide
     assert (np.asarray(cn.canny_map(soft, 10, 20)) > 0).sum() > (np.asarray(cn.canny_map(soft, 100, 200)) > 0).sum()
+    # red beside a green of about the same luminance: the gray copy has no edge there
+    halves = np.zeros((64, 64, 3), np.uint8)
+    halves[:, :32] = (200, 0, 0)
+    halves[:, 32:] = (0, 102, 0)
+    gray = cv2.cvtColor(halves, cv2.COLOR_RGB2GRAY)
+    assert abs(int(gray[0, 0]) - int(gray[0, 63])) <= 2
+    two = Image.fromarray(halves)
+    assert (np.asarray(cn.canny_map(two, 100, 200, "gray")) > 0).sum() == 0
+    assert (np.asarray(cn.canny_map(two, 100, 200, "rgb"))[:, 30:34] > 0).any(axis=1).all()
+    with pytest.raises(ValueError, match="canny_input"):
+        cn.canny_map(two, 100, 200, "hsv")
 
 
 def test_control_image_resizes_then_detects():
@@ -136,6 +191,10 @@ def test_control_image_resizes_then_detects():
     resized = cn.resize_for_control(shapes(size=(100, 60)), 128)
     assert resized.size == (128, 64)
     assert np.array_equal(np.asarray(control), np.asarray(cv2_canny(resized)))
+    ours = cn.control_image(shapes(size=(100, 60)), {**PARAMS, "long_side": 128, "control_resize": "long_side",
+                                                     "canny_input": "gray"})
+    assert np.array_equal(np.asarray(ours), np.asarray(gray_canny(cn.resize_for_control(
+        shapes(size=(100, 60)), 128, "long_side"))))
 
 
 def test_regeneration_prompt():
@@ -180,6 +239,7 @@ def test_run_shard_equals_plain_diffusers(config, reference, tmp_path, monkeypat
     assert saved.equals(manifest.astype(saved.dtypes.to_dict()))
     recorded = json.loads((out / "params.json").read_text())
     assert recorded["text_handling"] == "chunked-77" and set(recorded["model"]) == {"sd", "controlnet"}
+    assert recorded["params"]["canny_input"] == "rgb" and recorded["params"]["control_resize"] == "annotator"
     assert recorded["params"] == PARAMS and recorded["base_dir"] == str(base)
 
     # images: exactly diffusers' StableDiffusionControlNetPipeline on the same inputs
@@ -204,6 +264,13 @@ def test_base_samples_and_missing_inputs(config, tmp_path):
     manifest = cn.run_shard(config, "sd", "controlnet", str(base), prompts, str(tmp_path / "out"), params)
     assert list(manifest.image) == ["a_b0_00.png", "a_b1_00.png"] and list(manifest.base_sample) == [0, 1]
     assert sorted(os.listdir(tmp_path / "out" / "canny")) == ["a_b0.png", "a_b1.png"]
+    # base_samples 0: every base image of an item (the authors' main.py), 1: only the first
+    every = cn.select_inputs(pd.read_csv(make_base(tmp_path / "base3", {"a": 3, "b": 2}) / "manifest.csv"),
+                             pd.read_csv(prompts), {**params, "base_samples": 0}, tmp_path / "base3")
+    first = cn.select_inputs(pd.read_csv(tmp_path / "base3" / "manifest.csv"), pd.read_csv(prompts),
+                             {**params, "base_samples": 1}, tmp_path / "base3")
+    assert list(zip(every.item_id, every.base_sample)) == [("a", 0), ("a", 1), ("a", 2), ("b", 0), ("b", 1)]
+    assert list(zip(first.item_id, first.base_sample)) == [("a", 0), ("b", 0)]
 
     (base / "a_01.png").unlink()
     with pytest.raises(InputError, match=r"a_01\.png"):
@@ -249,3 +316,18 @@ def test_mixed_sizes_long_prompts_and_eta(pipe):
     plain = arrays(cn.regenerate(pipe, bases[:1], ["a bird"], params)[0])
     assert np.array_equal(noisy[0][0], noisy[1][0])
     assert not np.array_equal(noisy[0][0], plain[0])
+
+
+def test_text_handling_truncate_equals_diffusers_on_a_long_prompt(pipe, reference):
+    """The authors' ControlNet (cldm's FrozenCLIPEmbedder) and diffusers keep a prompt's first
+    75 tokens: text_handling "truncate" gives diffusers' images; "chunked" reads the tail too."""
+    long_prompt = "a photo of a bird, " + " ".join(["red", "blue", "green", "small", "large"] * 30)
+    base = shapes(seed=7)
+    params = {**PARAMS, "samples_per_input": 1}
+    truncated = cn.regenerate(pipe, [base], [long_prompt], {**params, "text_handling": "truncate"})[0][0]
+    chunked = cn.regenerate(pipe, [base], [long_prompt], {**params, "text_handling": "chunked"})[0][0]
+    expected = reference(prompt=long_prompt, image=cv2_canny(base), generator=torch.Generator().manual_seed(42),
+                         num_images_per_prompt=1, num_inference_steps=2, guidance_scale=9.0,
+                         negative_prompt=PARAMS["negative_prompt"], height=64, width=64).images[0]
+    assert np.array_equal(np.asarray(truncated), np.asarray(expected))
+    assert not np.array_equal(np.asarray(chunked), np.asarray(truncated))

@@ -107,3 +107,69 @@ def test_empty_and_mismatched_inputs(sd_pipe):
     assert embeds.shape == negative.shape == (0, 77, 32)
     with pytest.raises(ValueError, match="2 negative prompts for 1 prompts"):
         encode(sd_pipe, ["a"], ["b", "c"])
+
+
+# --- the mmm2025 authors' handlings (text_handling "truncate" and "authors") ------------------
+
+def prompt2img_embeddings(pipe, prompt):
+    """stable-diffusion/prompt2img.py of github byeolnim11/mmm2025, line by line, as reference:
+    the first line of the prompt file cut to 800 characters, unpadded ids, 77-id slices."""
+    prompt = prompt.split("\n")[0][:min(800, len(prompt))]
+    input_ids = pipe.tokenizer(prompt, return_tensors="pt").input_ids
+    negative_ids = pipe.tokenizer("", truncation=False, padding="max_length", max_length=input_ids.shape[-1],
+                                  return_tensors="pt").input_ids
+    concat, negative = [], []
+    for i in range(0, input_ids.shape[-1], 77):
+        concat.append(pipe.text_encoder(input_ids[:, i: i + 77])[0])
+        negative.append(pipe.text_encoder(negative_ids[:, i: i + 77])[0])
+    return torch.cat(concat, dim=1), torch.cat(negative, dim=1)
+
+
+@torch.no_grad()
+@pytest.mark.parametrize("prompt", [SHORT, words(200), f"{words(30)}\n{words(60, offset=2)}", "a " * 600])
+def test_authors_handling_equals_prompt2img(sd_pipe, prompt):
+    expected, expected_negative = prompt2img_embeddings(sd_pipe, prompt)
+    embeds, negative = encode_long_prompts(sd_pipe.tokenizer, sd_pipe.text_encoder, [prompt], None, "cpu",
+                                           handling="authors")
+    assert embeds.shape == expected.shape and negative.shape == expected_negative.shape
+    assert torch.equal(embeds, expected) and torch.equal(negative, expected_negative)
+
+
+def test_authors_handling_is_unpadded_and_cut(sd_pipe):
+    tok = sd_pipe.tokenizer
+
+    def encode_as(handling, prompt, negative=None):
+        return encode_long_prompts(tok, sd_pipe.text_encoder, [prompt], negative, "cpu", handling=handling)[0]
+
+    # a short prompt is as long as its ids (BOS + 5 + EOS), not padded to 77
+    assert encode_as("authors", "a photo of a cat").shape == (1, 7, 32)
+    # 120 content tokens (under 800 characters): 122 ids in slices of 77 and 45; slice 2
+    # starts without BOS
+    assert len(words(120)) < 800
+    long = encode_as("authors", words(120))
+    assert long.shape == (1, 122, 32)
+    ids = tok(words(120)).input_ids
+    assert ids[77] != tok.bos_token_id
+    assert torch.equal(long[:, 77:], sd_pipe.text_encoder(torch.tensor([ids[77:]]))[0])
+    # only the first line counts, and only its first 800 characters
+    assert torch.equal(encode_as("authors", f"{SHORT}\nanother line"), encode_as("authors", SHORT))
+    assert torch.equal(encode_as("authors", "red " * 300), encode_as("authors", ("red " * 300)[:800]))
+    assert encode_as("authors", "red " * 300).shape == (1, 202, 32)  # 800 characters = 200 words
+    assert not torch.equal(encode_as("authors", "red " * 300)[:, :152], encode_as("authors", "red " * 150))
+    # the three handlings of a long prompt differ
+    chunked, truncated = encode_as("chunked", words(120)), encode_as("truncate", words(120))
+    assert chunked.shape == (1, 154, 32) and truncated.shape == (1, 77, 32)
+    assert not torch.equal(long[:, :77], chunked[:, :77])  # authors' first slice has no EOS at 77
+    # a negative prompt longer than the prompt cannot be padded to its length
+    with pytest.raises(ValueError, match="negative prompt .* is longer than the prompt"):
+        encode_as("authors", "a cat", [words(20)])
+    with pytest.raises(ValueError, match="unknown text_handling"):
+        encode_as("nope", "a cat")
+
+
+def test_truncate_handling_equals_diffusers_for_long_prompts(sd_pipe):
+    prompt = words(200)
+    expected, expected_negative = sd_pipe.encode_prompt(prompt, "cpu", 1, True, "lowres")
+    embeds, negative = encode_long_prompts(sd_pipe.tokenizer, sd_pipe.text_encoder, [prompt], ["lowres"], "cpu",
+                                           handling="truncate")
+    assert torch.equal(embeds, expected) and torch.equal(negative, expected_negative)

@@ -1,16 +1,19 @@
 """ControlNet (canny) regeneration of base images (mmm2025).
 
-Every base image (another method's shard: SD images, retrieved or selected real images)
-is resized so its long side is ~`long_side` (both sides multiples of 64), turned into a
-Canny edge map, and `samples_per_input` new images are drawn from SD v1.5 + the canny
-ControlNet with DDIM, the prompt `prompt_template.format(class=..., prompt=...)` and the
-negative prompt `negative_prompt`.
+Every base image (another method's shard: SD images, retrieved or selected real images;
+the first `base_samples` of each item, 0 = all) is resized so its long side is
+~`long_side` (both sides multiples of 64, as ControlNet's annotator resizes by default),
+turned into a Canny edge map (on the RGB array by default, as ControlNet's CannyDetector),
+and `samples_per_input` new images are drawn from SD v1.5 + the canny ControlNet with
+DDIM, the prompt `prompt_template.format(class=..., prompt=...)` and the negative prompt
+`negative_prompt`.
 
 Seeding follows sd.py: each input's initial noise is what diffusers draws for one call with
 `generator=torch.Generator("cpu").manual_seed(seed)` and `num_images_per_prompt=
 samples_per_input`, so an input's images equal that single diffusers call and do not depend
 on batching. Batches run across inputs, holding only inputs of the same size and the same
-prompt chunk count (long prompts are encoded in 77-token chunks, never truncated). A batch
+prompt length (text_handling: "chunked" 77-token chunks, never truncated, by default;
+"truncate" = the first 75 tokens, as ControlNet's own CLIP encoder does). A batch
 that runs out of CUDA memory is halved and retried (ctrlbench.batching.OomBackoff); images
 holding NaN or inf raise FloatingPointError naming the item and are never saved.
 """
@@ -34,7 +37,7 @@ from ..config import resolve_device, resolve_dtype
 from ..errors import InputError
 from ..metrics.embeddings import open_rgb
 from ..models.loaders import load_model
-from ..prompts.long_prompt import TEXT_HANDLING
+from ..prompts.long_prompt import TEXT_HANDLINGS
 from .sd import batches, encode_prompts, initial_latents
 
 log = logging.getLogger(__name__)
@@ -48,6 +51,17 @@ MULTIPLE = 64
 
 
 # --- control images -------------------------------------------------------------------
+# Two preprocessings, chosen by the parameters control_resize and canny_input:
+#   annotator + rgb (default, the mmm2025 authors' canny.py): ControlNet's own gradio
+#     preprocessing, resize_image(HWC3(img), int(min(w, h) / max(w, h) * long_side)) with
+#     np.round to multiples of 64, then CannyDetector, i.e. cv2.Canny on the RGB array
+#     (OpenCV takes the strongest gradient over the three channels);
+#   long_side + gray (ours before issue 18): the long side scaled to long_side, rounded
+#     half up, Canny on a grayscale copy (edges between colours of equal luminance vanish).
+
+CONTROL_RESIZES = ("annotator", "long_side")
+CANNY_INPUTS = ("rgb", "gray")
+
 
 def control_size(width: int, height: int, long_side: int) -> tuple[int, int]:
     """(w, h) with the long side scaled to ~long_side, both rounded to multiples of 64 (>= 64)."""
@@ -55,35 +69,60 @@ def control_size(width: int, height: int, long_side: int) -> tuple[int, int]:
         raise ValueError(f"control_size needs positive sizes, got {width}x{height}, long side {long_side}")
     scale = long_side / max(width, height)
 
-    def snap(side: float) -> int:  # round half up, as ControlNet's resize_image (np.round) nearly does
+    def snap(side: float) -> int:  # round half up
         return max(MULTIPLE, int(math.floor(side * scale / MULTIPLE + 0.5)) * MULTIPLE)
 
     return snap(width), snap(height)
 
 
-def resize_for_control(image: Image.Image, long_side: int) -> Image.Image:
-    """RGB image resized to control_size: Lanczos when enlarging, area when shrinking (as ControlNet)."""
+def annotator_size(width: int, height: int, long_side: int) -> tuple[int, int]:
+    """(w, h) as ControlNet's resize_image gives them for the resolution the authors' canny.py
+    passes: the short side is scaled to int(min / max * long_side) and each side is rounded to
+    a multiple of 64 with np.round (half to even). A side that would round to 0 is kept at 64
+    (ControlNet would fail on it)."""
+    if width <= 0 or height <= 0 or long_side <= 0:
+        raise ValueError(f"annotator_size needs positive sizes, got {width}x{height}, long side {long_side}")
+    resolution = int(min(width, height) / max(width, height) * long_side)
+    k = float(resolution) / min(width, height)
+    return tuple(max(MULTIPLE, int(np.round(side * k / 64.0)) * MULTIPLE) for side in (width, height))
+
+
+def resize_for_control(image: Image.Image, long_side: int, mode: str = "annotator") -> Image.Image:
+    """RGB image resized to annotator_size or control_size: Lanczos when enlarging, area when
+    shrinking (as ControlNet's resize_image)."""
     rgb = np.asarray(image.convert("RGB"))
     height, width = rgb.shape[:2]
-    size = control_size(width, height, long_side)
+    if mode == "annotator":
+        size = annotator_size(width, height, long_side)
+        enlarge = int(min(width, height) / max(width, height) * long_side) > min(width, height)  # k > 1
+    elif mode == "long_side":
+        size = control_size(width, height, long_side)
+        enlarge = size[0] * size[1] > width * height
+    else:
+        raise ValueError(f"control_resize must be one of {', '.join(CONTROL_RESIZES)}, got {mode!r}")
     if size == (width, height):
         return Image.fromarray(rgb)
-    enlarge = size[0] * size[1] > width * height
     resized = cv2.resize(rgb, size, interpolation=cv2.INTER_LANCZOS4 if enlarge else cv2.INTER_AREA)
     return Image.fromarray(resized)
 
 
-def canny_map(image: Image.Image, low: int, high: int) -> Image.Image:
-    """cv2.Canny edges of the uint8 gray image, as a 3-channel (white on black) RGB image."""
-    gray = cv2.cvtColor(np.asarray(image.convert("RGB")), cv2.COLOR_RGB2GRAY)
-    edges = cv2.Canny(gray, low, high)
+def canny_map(image: Image.Image, low: int, high: int, on: str = "rgb") -> Image.Image:
+    """cv2.Canny edges of the uint8 RGB array (on="rgb", ControlNet's CannyDetector) or of its
+    grayscale copy (on="gray"), as a 3-channel (white on black) RGB image."""
+    rgb = np.asarray(image.convert("RGB"))
+    if on == "gray":
+        edges = cv2.Canny(cv2.cvtColor(rgb, cv2.COLOR_RGB2GRAY), low, high)
+    elif on == "rgb":
+        edges = cv2.Canny(np.ascontiguousarray(rgb), low, high)
+    else:
+        raise ValueError(f"canny_input must be one of {', '.join(CANNY_INPUTS)}, got {on!r}")
     return Image.fromarray(np.repeat(edges[:, :, None], 3, axis=2))
 
 
 def control_image(base: Image.Image, params: dict) -> Image.Image:
-    """The ControlNet input of a base image: resized (long_side), then Canny."""
-    resized = resize_for_control(base, params["long_side"])
-    return canny_map(resized, params["low_threshold"], params["high_threshold"])
+    """The ControlNet input of a base image: resized (control_resize, long_side), then Canny."""
+    resized = resize_for_control(base, params["long_side"], params["control_resize"])
+    return canny_map(resized, params["low_threshold"], params["high_threshold"], params["canny_input"])
 
 
 def regeneration_prompt(template: str, class_name: str, prompt: str) -> str:
@@ -126,7 +165,7 @@ def iter_regenerate(pipe, control_images: Sequence[Image.Image], prompts: Sequen
     labels = list(labels) if labels is not None else [f"input {i}" for i in range(len(prompts))]
     device, dtype = pipe.device, pipe.unet.dtype
     n, seed, eta = params["samples_per_input"], params["seed"], float(params["eta"])
-    embeds = encode_prompts(pipe, list(prompts), params["negative_prompt"], device)
+    embeds = encode_prompts(pipe, list(prompts), params["negative_prompt"], device, params["text_handling"])
     jobs = [(i, sample) for i in range(len(prompts)) for sample in range(n)]
 
     def key(job):
@@ -185,15 +224,16 @@ def regenerate(pipe, base_images: list[Image.Image], prompts: list[str], params:
 
 def select_inputs(base: pd.DataFrame, prompts: pd.DataFrame, params: dict, base_dir: Path,
                   where: str = "base manifest") -> pd.DataFrame:
-    """The first `base_samples` base images of each item (in base manifest order) joined
-    with the item's prompt row; adds the regeneration prompt and the base image path."""
+    """The first `base_samples` base images of each item (in base manifest order; 0 = every
+    one, as the authors' main.py regenerates every base) joined with the item's prompt row;
+    adds the regeneration prompt and the base image path."""
     if base.duplicated(["item_id", "sample"]).any():
         dup = base[base.duplicated(["item_id", "sample"])].iloc[0]
         raise InputError(f"{where}: item {dup.item_id} sample {dup['sample']} is listed twice")
     item_order = {item: i for i, item in enumerate(dict.fromkeys(base["item_id"]))}
     chosen = (base.assign(_item=base["item_id"].map(item_order))
               .sort_values(["_item", "sample"], kind="stable")
-              .groupby("item_id", sort=False).head(params["base_samples"]))
+              .groupby("item_id", sort=False).head(params["base_samples"] or len(base)))
     by_item = prompts.drop_duplicates("item_id").set_index("item_id")
     unknown = sorted(set(chosen["item_id"]) - set(by_item.index))
     if unknown:
@@ -260,7 +300,7 @@ def run_shard(config: dict, sd_key: str, controlnet_key: str, base_dir: str, pro
         io.write_json(tmp / "params.json", io.provenance(
             method="controlnet", params=params,
             model={sd_key: config["models"][sd_key], controlnet_key: config["models"][controlnet_key]},
-            device=device, dtype=str(dtype), text_handling=TEXT_HANDLING, base_dir=str(base_dir),
+            device=device, dtype=str(dtype), text_handling=TEXT_HANDLINGS[params["text_handling"]], base_dir=str(base_dir),
             scheduler="DDIMScheduler", torch_threads=torch.get_num_threads(),
             n_items=int(inputs["item_id"].nunique()), n_inputs=len(inputs)))
         io.write_csv(tmp / "manifest.csv", manifest)

@@ -14,6 +14,9 @@ SD_DEFAULTS = {
     "batch_size": 8,
     "seed": 42,
     "negative_prompt": "",
+    # chunked (77-token chunks, ours) | truncate (the first 75 tokens, diffusers) |
+    # authors (mmm2025's prompt2img.py: first line, 800 characters, unpadded 77-id slices)
+    "text_handling": "chunked",
 }
 
 CONTROLNET_DEFAULTS = {
@@ -26,8 +29,11 @@ CONTROLNET_DEFAULTS = {
     "low_threshold": 100,
     "high_threshold": 200,
     "long_side": 512,            # control image resized so its long side is ~this, multiple of 64
+    "control_resize": "annotator",  # annotator (ControlNet's resize_image, as canny.py) | long_side
+    "canny_input": "rgb",        # rgb (ControlNet's CannyDetector on the RGB array) | gray
+    "text_handling": "chunked",  # chunked | truncate (ControlNet's own 77-token CLIP) | authors
     "samples_per_input": 10,
-    "base_samples": 1,           # regenerate the first N base images of each item
+    "base_samples": 1,           # regenerate the first N base images of each item; 0 = all of them
     "batch_size": 8,
     "prompt_template": "a photo of {class}, {prompt}, best quality, extremely detailed",
     "negative_prompt": "lowres, bad anatomy, extra digit, fewer digits, worst quality, low quality",
@@ -164,6 +170,18 @@ PARADIFFUSION_DEFAULTS = {
     "max_text_tokens": 256,          # the tokenizer pads (with EOS) and truncates to this length
     "text_encoder_dtype": "auto",    # auto (= the job dtype) | float32 | float16 | bfloat16
     "text_encoder_placement": "device",  # device | cpu | offload | device_map (docs/methods/paradiffusion.md)
+}
+
+# Parameters that take one of a few words: {kind: {parameter: allowed values}}, checked at
+# config time (ctrlbench.config).
+TEXT_HANDLING_CHOICES = ("chunked", "truncate", "authors")
+PARAMETER_CHOICES = {
+    "sd": {"text_handling": TEXT_HANDLING_CHOICES},
+    "controlnet": {"text_handling": TEXT_HANDLING_CHOICES, "control_resize": ("annotator", "long_side"),
+                   "canny_input": ("rgb", "gray")},
+    "retrieval": {"strategy": ("attribute", "text")},
+    "paradiffusion": {"text_encoder_placement": PARADIFFUSION_PLACEMENTS,
+                      "text_encoder_dtype": PARADIFFUSION_ENCODER_DTYPES},
 }
 
 METHOD_DEFAULTS = {

@@ -28,7 +28,7 @@ from ..batching import OomBackoff, finite_pil
 from ..config import resolve_device, resolve_dtype
 from ..errors import InputError
 from ..models.loaders import load_model
-from ..prompts.long_prompt import TEXT_HANDLING, encode_long_prompts
+from ..prompts.long_prompt import TEXT_HANDLINGS, encode_long_prompts
 
 log = logging.getLogger(__name__)
 
@@ -43,16 +43,17 @@ def initial_latents(pipe, n: int, height: int, width: int, seed: int, dtype) -> 
 
 
 @torch.inference_mode()
-def encode_prompts(pipe, prompts: list[str], negative_prompt: str, device) -> dict[str, tuple]:
+def encode_prompts(pipe, prompts: list[str], negative_prompt: str, device, handling: str = "chunked") -> dict[str, tuple]:
     """{prompt: (positive, negative) embeddings}, each distinct prompt encoded once.
 
-    Both are [1, 77 * k, D] with k the chunk count of the longer of prompt and negative
-    prompt; a prompt of <= 75 tokens gives exactly diffusers' `encode_prompt` embeddings.
+    With handling "chunked" both are [1, 77 * k, D] with k the chunk count of the longer of
+    prompt and negative prompt; a prompt of <= 75 tokens gives exactly diffusers'
+    `encode_prompt` embeddings. "truncate" and "authors": see prompts.long_prompt.
     """
     cache = {}
     for prompt in dict.fromkeys(prompts):
         cache[prompt] = encode_long_prompts(pipe.tokenizer, pipe.text_encoder, [prompt],
-                                            [negative_prompt or ""], device)
+                                            [negative_prompt or ""], device, handling)
     return cache
 
 
@@ -75,7 +76,8 @@ def generate(pipe, prompts: pd.DataFrame, params: dict, out_dir: Path, embeds: d
     device, dtype = pipe.device, pipe.unet.dtype
     n, height, width = params["images_per_prompt"], params["height"], params["width"]
     if embeds is None:
-        embeds = encode_prompts(pipe, prompts["prompt"].tolist(), params["negative_prompt"], device)
+        embeds = encode_prompts(pipe, prompts["prompt"].tolist(), params["negative_prompt"], device,
+                                params.get("text_handling", "chunked"))
     jobs = []  # one entry per image: (position, prompt row, sample index, its initial noise)
     for row in prompts.itertuples(index=False):
         latents = initial_latents(pipe, n, height, width, params["seed"], dtype)
@@ -134,7 +136,7 @@ def run_shard(config: dict, model_key: str, prompts_csv: str, out_dir: str, para
             manifest = pd.DataFrame(columns=MANIFEST_COLUMNS)
         io.write_json(tmp / "params.json", io.provenance(
             method="sd", params=params, model={model_key: config["models"][model_key]},
-            device=device, dtype=str(dtype), text_handling=TEXT_HANDLING,
+            device=device, dtype=str(dtype), text_handling=TEXT_HANDLINGS[params["text_handling"]],
             torch_threads=torch.get_num_threads(), n_items=len(prompts)))
         io.write_csv(tmp / "manifest.csv", manifest)
     return manifest

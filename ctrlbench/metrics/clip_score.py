@@ -7,6 +7,9 @@
          counts in full (text_handling "chunked"; metrics/long_text.py)
   i_sim: CLIP image-image similarity of a generated image and the item's real image
          (mmm2025's i-SIM)
+  t_sim_held_out, i_sim_held_out, ...: the same from a second CLIP
+         (evaluation.clip.held_out), one that chose no base image (mmm2025's base
+         selection picks by CLIP text-image score, so its own CLIP favours its choices)
 Scales:
   cos01   = 100 * (cos + 1) / 2        mmm2025 (percent)
   clip100 = max(100 * cos, 0)          torchmetrics CLIPScore
@@ -60,11 +63,15 @@ def _text_reference(text_npz: str, variant: str):
                          f"built without it; rebuild {text_npz} with the current config") from None
 
 
+HELD_OUT_SUFFIX = "_held_out"
+
+
 def similarity_shard(images_npz: str, real_npz: str | None, text_npz: str, out_csv: str, scale: str,
-                     model_key: str, long_text=("truncate",)) -> pd.DataFrame:
+                     model_key: str, long_text=("truncate",), suffix: str = "") -> pd.DataFrame:
     """One text metric per long_text variant (t_sim, t_sim_chunked: image vs evaluation
     prompt) and i_sim (image vs the item's real image) of every generated image;
-    real_npz None (datasets without real images) gives text metrics only."""
+    real_npz None (datasets without real images) gives text metrics only. `suffix` is
+    appended to every metric name (HELD_OUT_SUFFIX for the held-out scorer)."""
     keys, emb = load_embeddings(images_npz)
     frames = []
     if len(keys):
@@ -77,7 +84,7 @@ def similarity_shard(images_npz: str, real_npz: str | None, text_npz: str, out_c
             cos = (emb.astype(np.float64) * ref_emb[rows]).sum(axis=1)
             frame = pd.DataFrame({
                 "item_id": keys["item_id"], "sample": keys["sample"], "image": keys["image"],
-                "metric": metric, "value": scale_cosine(cos, scale), "scale": scale, "model": model_key,
+                "metric": metric + suffix, "value": scale_cosine(cos, scale), "scale": scale, "model": model_key,
                 "text_handling": text_handling})
             for column, key in (("text_tokens", "n_tokens"), ("text_chunks", "n_chunks")):
                 # Empty for i_sim and for prompt caches written before the counts existed.

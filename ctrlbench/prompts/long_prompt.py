@@ -16,6 +16,18 @@ A prompt of at most 75 content tokens is one chunk whose ids equal the tokenizer
 
 Every distinct chunk is encoded alone (batch 1), so a prompt's embeddings never depend on
 which other prompts are encoded with it; identical chunks are encoded once per call.
+
+Two other handlings reproduce the mmm2025 authors' code (docs/fidelity.md), chosen by the
+`text_handling` parameter of the sd and controlnet methods:
+
+* "truncate": the first 75 content tokens, as diffusers' `encode_prompt` and ControlNet's
+  `FrozenCLIPEmbedder` (truncation=True, max_length=77, padded) do;
+* "authors": `stable-diffusion/prompt2img.py`: the prompt file's first line, cut to 800
+  characters, tokenized with BOS/EOS and *no* padding or truncation; its ids are cut into
+  slices of 77 (so slices after the first have no BOS, and the last one is short), each
+  slice encoded on its own and the results concatenated. The negative prompt is padded
+  with the pad token to the same number of ids and sliced the same way. A prompt of n
+  ids gives embeddings of length n, not 77.
 """
 
 from __future__ import annotations
@@ -25,6 +37,9 @@ import math
 import torch
 
 TEXT_HANDLING = "chunked-77"  # recorded in params.json by the methods that use this module
+# text_handling parameter -> the label params.json records
+TEXT_HANDLINGS = {"chunked": TEXT_HANDLING, "truncate": "truncate-77", "authors": "mmm2025-prompt2img-slices"}
+AUTHORS_MAX_CHARS = 800  # prompt2img.py: prompt[:min(800, len(prompt))]
 
 
 def _context_length(tokenizer) -> int:
@@ -73,14 +88,45 @@ def chunk_ids(tokenizer, text: str, k: int | None = None) -> list[list[int]]:
     return _padded_chunks(tokenizer, text, k)[0]
 
 
+def truncated_ids(tokenizer, text: str) -> tuple[list[list[int]], list[list[int]]]:
+    """One chunk: BOS + the first 75 content tokens + EOS, padded to 77 (diffusers, ldm)."""
+    padded = tokenizer(text, padding="max_length", max_length=_context_length(tokenizer), truncation=True,
+                       verbose=False)
+    return [list(padded["input_ids"])], [list(padded["attention_mask"])]
+
+
+def authors_prompt(text: str) -> str:
+    """What prompt2img.py feeds the tokenizer: the first line of the prompt, <= 800 characters."""
+    return text.split("\n", 1)[0][:AUTHORS_MAX_CHARS]
+
+
+def authors_slices(tokenizer, prompt: str, negative: str) -> tuple[list[list[int]], list[list[int]]]:
+    """prompt2img.py's ids: the prompt's full ids (BOS ... EOS, unpadded) and the negative's
+    padded to the same length, both cut into consecutive slices of 77 ids."""
+    length = _context_length(tokenizer)
+    ids = list(tokenizer(authors_prompt(prompt), truncation=False, verbose=False).input_ids)
+    negative_ids = list(tokenizer(negative, truncation=False, padding="max_length", max_length=len(ids),
+                                  verbose=False).input_ids)
+    if len(negative_ids) != len(ids):
+        raise ValueError(f"text_handling 'authors': the negative prompt ({len(negative_ids)} ids) is longer "
+                         f"than the prompt ({len(ids)} ids); prompt2img.py pads the negative to the prompt's "
+                         f"length and cannot cut it: {negative[:80]!r}")
+    return ([ids[i:i + length] for i in range(0, len(ids), length)],
+            [negative_ids[i:i + length] for i in range(0, len(ids), length)])
+
+
 @torch.inference_mode()
 def encode_long_prompts(tokenizer, text_encoder, prompts: list[str], negative_prompts: list[str] | None,
-                        device) -> tuple[torch.Tensor, torch.Tensor]:
-    """(embeds, negative_embeds), both [B, 77 * k, D] with k the largest chunk count.
+                        device, handling: str = "chunked") -> tuple[torch.Tensor, torch.Tensor]:
+    """(embeds, negative_embeds), both [B, L, D].
 
+    handling "chunked" (default): L = 77 * k with k the largest chunk count; "truncate":
+    L = 77; "authors": L = the prompt's id count (one prompt per call, see module docstring).
     `negative_prompts` None means "" for every prompt (as diffusers does for CFG).
     Returned in the text encoder's dtype on `device`, like `encode_prompt`.
     """
+    if handling not in TEXT_HANDLINGS:
+        raise ValueError(f"unknown text_handling {handling!r} (known: {', '.join(TEXT_HANDLINGS)})")
     prompts = list(prompts)
     negatives = [""] * len(prompts) if negative_prompts is None else list(negative_prompts)
     if len(negatives) != len(prompts):
@@ -90,13 +136,23 @@ def encode_long_prompts(tokenizer, text_encoder, prompts: list[str], negative_pr
     if not prompts:
         empty = torch.zeros(0, _context_length(tokenizer), width, dtype=dtype, device=device)
         return empty, empty.clone()
-    k = max(n_chunks(tokenizer, text) for text in prompts + negatives)
+    if handling == "authors" and len(prompts) > 1:
+        raise ValueError("text_handling 'authors' gives each prompt its own length: encode one prompt per call")
+    k = max(n_chunks(tokenizer, text) for text in prompts + negatives) if handling == "chunked" else None
     use_mask = bool(getattr(text_encoder.config, "use_attention_mask", False))
     cache: dict[tuple[int, ...], torch.Tensor] = {}
 
-    def encode(text: str) -> torch.Tensor:
+    def id_chunks(text: str, side: int) -> tuple[list[list[int]], list]:
+        if handling == "chunked":
+            return _padded_chunks(tokenizer, text, k)
+        if handling == "truncate":
+            return truncated_ids(tokenizer, text)
+        chunks = authors_slices(tokenizer, prompts[0], negatives[0])[side]  # no attention mask: plain call
+        return chunks, [[1] * len(c) for c in chunks]
+
+    def encode(text: str, side: int) -> torch.Tensor:
         out = []
-        for ids, mask in zip(*_padded_chunks(tokenizer, text, k)):
+        for ids, mask in zip(*id_chunks(text, side)):
             key = tuple(ids)
             if key not in cache:
                 # diffusers passes the mask only to encoders configured with use_attention_mask
@@ -106,7 +162,7 @@ def encode_long_prompts(tokenizer, text_encoder, prompts: list[str], negative_pr
             out.append(cache[key])
         return torch.cat(out, dim=1)
 
-    embeds = torch.cat([encode(text) for text in prompts])
-    negative_embeds = torch.cat([encode(text) for text in negatives])
+    embeds = torch.cat([encode(text, 0) for text in prompts])
+    negative_embeds = torch.cat([encode(text, 1) for text in negatives])
     return embeds, negative_embeds
 

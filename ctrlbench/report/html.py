@@ -138,12 +138,13 @@ def _summary_section(summary_csv, ids: "_Ids") -> dict:
 def _papers_section(paper_tables: dict[str, str], ids: "_Ids") -> dict:
     parts, children = [], []
     header = ["paper row", "dataset", "metric", "paper", "paper std", "ours mean", "ours std", "ours best of N",
-              "images", "our method", "status"]
+              "images", "our method", "status", "note"]
     for paper in sorted(paper_tables):
         _, rows = _read_csv(paper_tables[paper], PAPER_COLUMNS, f"paper table '{paper}'")
         body = [[_td(r["paper_row"]), _td(r["dataset"]), _td(r["metric"]), _num(r["paper"]), _num(r["paper_std"]),
                  _num(r["ours_mean"]), _num(r["ours_std"]), _num(r["ours_best_of_n"]),
-                 _num(r["ours_n_images"], integer=True), _td(r["ours_method"]), _status(r["status"])]
+                 _num(r["ours_n_images"], integer=True), _td(r["ours_method"]), _status(r["status"]),
+                 _td(r.get("note", ""))]  # tables written before the note column have none
                 for r in rows]
         anchor = ids.make("paper", paper)
         children.append((anchor, paper))

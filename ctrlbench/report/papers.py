@@ -1,9 +1,13 @@
 """The papers' reported numbers, and tables that put ours beside them.
 
 mmm2025 ("Enhancing Visual Details"): t-SIM / i-SIM in percent, CLIP ViT-L/14,
-(cos+1)/2. Base-image rows and the regeneration table as published; the
+(cos+1)/2. The base-image table (Table 1) and the regeneration table as published; the
 regeneration table reports its base rows again with different values (it scores
-another set of images), so they are separate rows here.
+another set of images), so they are separate rows here. In the authors' main.py every
+scored image is a ControlNet regeneration, so the configs map Table 1's rows to the
+regenerations of each base (docs/fidelity.md). Extra rows without paper numbers: the AS
+choices before regeneration, and, as reference rows only, the README's Tables 2 and 3
+("zero shot", "few shot"), whose settings the public material does not define.
 
 multidiffusion: the region-based IoU table (DeepLabv3 on the COCO region subset,
 per-image mean IoU over the objects, mean +/- std over images), which TCIG's paper
@@ -31,7 +35,41 @@ MMM2025 = {
     "llama2 SD + ControlNet": {"cub": (63.61, 76.84), "flowers": (62.22, 78.53)},
     "retrieval (regeneration table)": {"cub": (59.98, 73.27), "flowers": (62.59, 79.03)},
     "retrieval + ControlNet": {"cub": (62.84, 75.82), "flowers": (62.57, 77.09)},
+    # ours only: the AS choices as chosen, before ControlNet (the paper reports no such row)
+    "AS(l+t) + SD (chosen base, not regenerated)": {"cub": (math.nan, math.nan), "flowers": (math.nan, math.nan)},
+    "AS-all (chosen base, not regenerated)": {"cub": (math.nan, math.nan), "flowers": (math.nan, math.nan)},
 }
+# The authors' README, Tables 2 ("zero shot") and 3 ("few shot"): (t_sim, i_sim) per format.
+MMM2025_REFERENCE_TABLES = {
+    "Table 2 (zero shot)": {
+        "template + SD": {"cub": (60.80, 67.17), "flowers": (60.52, 69.02)},
+        "llama2 + SD": {"cub": (60.85, 67.19), "flowers": (60.74, 71.17)},
+        "AS(l+t) + SD": {"cub": (60.93, 68.17), "flowers": (60.81, 71.48)},
+        "retrieval": {"cub": (60.68, 67.46), "flowers": (61.50, 73.68)},
+        "AS-all": {"cub": (60.95, 68.64), "flowers": (61.14, 73.20)},
+    },
+    "Table 3 (few shot)": {
+        "template + SD": {"cub": (60.18, 65.19), "flowers": (60.44, 68.73)},
+        "llama2 + SD": {"cub": (60.11, 65.43), "flowers": (60.46, 69.13)},
+        "AS(l+t) + SD": {"cub": (60.40, 66.39), "flowers": (60.45, 70.41)},
+        "retrieval": {"cub": (60.36, 68.30), "flowers": (61.15, 72.95)},
+        "AS-all": {"cub": (60.50, 68.29), "flowers": (60.81, 72.65)},
+    },
+}
+NOT_REPRODUCIBLE = "setting not reproducible from the public material"
+MMM2025.update({f"{table}: {row}": numbers for table, rows in MMM2025_REFERENCE_TABLES.items()
+                for row, numbers in rows.items()})
+# Rows only a reader can place: paper row -> note (written in the table's note column).
+ROW_NOTES = {
+    **{row: "Table 1; the authors' main.py scores the ControlNet regenerations of the base"
+       for row in ("template + SD", "llama2 + SD", "AS(l+t) + SD", "retrieval", "AS-all")},
+    "AS(l+t) + SD (chosen base, not regenerated)": "ours only: the AS choice itself (no paper number)",
+    "AS-all (chosen base, not regenerated)": "ours only: the AS choice itself (no paper number)",
+    **{f"{table}: {row}": f"reference row: {NOT_REPRODUCIBLE}"
+       for table, rows in MMM2025_REFERENCE_TABLES.items() for row in rows},
+}
+# Rows that can only be shown, not run: unmapped, their status says why.
+REFERENCE_ONLY_ROWS = {f"{table}: {row}" for table, rows in MMM2025_REFERENCE_TABLES.items() for row in rows}
 PAPER_SCALE = "cos01"
 
 # multidiffusion: row -> (IoU mean, IoU std) on the COCO region subset.
@@ -59,17 +97,22 @@ PAPERS = {
 PAPER_CLIP_SCALE = {"mmm2025": PAPER_SCALE}
 
 COLUMNS = ["paper_row", "dataset", "metric", "paper", "paper_std", "ours_mean", "ours_std", "ours_best_of_n",
-           "ours_n_images", "ours_method", "status"]
+           "ours_n_images", "ours_method", "status", "note"]
+HELD_OUT_SUFFIX = "_held_out"  # metrics of the held-out CLIP (metrics.clip_score), shown below their own
 
 
-def paper_table(paper: str, summary_csv: str, out_csv: str, rows: dict[str, str], datasets: dict[str, str],
+def paper_table(paper: str, summary_csv: str, out_csv: str, rows: dict, datasets: dict[str, str],
                 scale: str):
-    """`rows`: paper row -> our "method/paramset"; `datasets`: our dataset name -> format.
+    """`rows`: paper row -> our "method/paramset", or {dataset: "method/paramset"} for a row
+    our methods do differently per dataset; `datasets`: our dataset name -> format.
 
     Every paper row appears once per dataset of the paper's format (or once under the
     format's name when no such dataset is configured). status says "ok", "not
-    configured" (no method mapped to the row), "not run" (no results for it) or "other
-    scale" (our CLIP scale differs from the paper's, so the numbers do not compare)."""
+    configured" (no method mapped to the row), "not reproducible" (a reference row whose
+    setting the public material does not define, unmapped), "not run" (no results for
+    it) or "other scale" (our CLIP scale differs from the paper's, so the numbers do not
+    compare). A t_sim / i_sim line is followed by its held-out CLIP line (t_sim_held_out,
+    no paper number) when the summary has one for that run."""
     import pandas as pd
 
     from .. import io
@@ -84,13 +127,22 @@ def paper_table(paper: str, summary_csv: str, out_csv: str, rows: dict[str, str]
     for row, numbers in PAPERS[paper].items():
         for fmt, metric, value, std in numbers:
             for dataset in [name for name, f in datasets.items() if f == fmt] or [fmt]:
+                ref = rows.get(row)
+                ref = ref.get(dataset) if isinstance(ref, dict) else ref
                 record = {"paper_row": row, "dataset": dataset, "metric": metric, "paper": value,
-                          "paper_std": std, "ours_method": rows.get(row, "")}
-                record.update(_ours(summary, rows.get(row), dataset, metric))
+                          "paper_std": std, "ours_method": ref or "", "note": ROW_NOTES.get(row, "")}
+                record.update(_ours(summary, ref, dataset, metric))
+                if record["status"] == "not configured" and row in REFERENCE_ONLY_ROWS:
+                    record["status"] = "not reproducible"
                 paper_scale = PAPER_CLIP_SCALE.get(paper)
                 if record["status"] == "ok" and paper_scale and metric in ("t_sim", "i_sim") and scale != paper_scale:
                     record["status"] = "other scale"
                 out.append(record)
+                held_out = _ours(summary, ref, dataset, metric + HELD_OUT_SUFFIX)
+                if held_out["status"] == "ok":
+                    out.append({**record, **held_out, "metric": metric + HELD_OUT_SUFFIX, "paper": math.nan,
+                                "paper_std": math.nan, "note": "held-out CLIP (evaluation.clip.held_out): "
+                                                               "no paper number"})
     table = pd.DataFrame(out, columns=COLUMNS)
     io.write_csv(out_csv, table)
     return table
