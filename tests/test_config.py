@@ -69,6 +69,8 @@ def test_default_config_is_valid_and_defaults_are_filled(default_config):
     (lambda c: c["datasets"]["cub"].update(region_filter={}), "only coco datasets"),
     (lambda c: c["datasets"]["coco"]["region_filter"].update(min_objects=5), "min_objects 5 > max_objects 4"),
     (lambda c: c["datasets"]["coco"]["region_filter"].update(min_mask_fraction=5), "min_mask_fraction"),
+    (lambda c: c["datasets"]["coco"]["region_filter"].update(small_masks="drop"),
+     "'datasets.coco.region_filter.small_masks': 'drop' is not one of ['drop_image', 'drop_mask']"),
     (lambda c: c["evaluation"]["iou"].update(model="clip"), "expected deeplabv3"),
     (lambda c: c["report"]["papers"]["multidiffusion"].update({"GLIGEN": "si"}), "unknown row 'GLIGEN'"),
     (lambda c: c["report"]["papers"].update({"gligen": {}}), "report.papers"),

@@ -103,13 +103,47 @@ def test_bad_masks():
         iou_scores(fake, [gray()], [{DOG: box(0, 0, 4, 4)}] * 2)
 
 
-def test_summary_is_mean_and_population_std():
-    assert summarize_iou([0.0, 1.0]) == (0.5, 0.5)  # the sample std would be 0.707
+def test_summary_is_mean_and_sample_std():
+    assert summarize_iou([0.0, 1.0]) == (0.5, pytest.approx(np.sqrt(0.5)))  # ddof=0 would be 0.5
     mean, std = summarize_iou(np.array([0.2, 0.4, 0.9]))
-    assert mean == pytest.approx(0.5) and std == pytest.approx(np.std([0.2, 0.4, 0.9]))
+    assert mean == pytest.approx(0.5) and std == pytest.approx(np.std([0.2, 0.4, 0.9], ddof=1))
+    assert summarize_iou([0.3])[0] == 0.3 and np.isnan(summarize_iou([0.3])[1])  # no spread from one image
     assert all(np.isnan(summarize_iou([])))
     with pytest.raises(ValueError, match="finite"):
         summarize_iou([0.5, float("nan")])
+
+
+def test_one_std_from_per_image_iou_to_the_paper_table_and_the_page(tmp_path):
+    """Per-image IoU files -> summary.csv -> paper_multidiffusion.csv -> HTML: every std is
+    the sample std (ddof 1), on values where ddof 0 gives another number."""
+    from ctrlbench.report.html import render_report
+    from ctrlbench.report.papers import paper_table
+    from ctrlbench.report.tables import summarize_metric_files
+
+    values = [0.1, 0.3, 0.8]  # ddof 1: 0.3606, ddof 0: 0.2944
+    sample, population = np.std(values, ddof=1), np.std(values, ddof=0)
+    assert f"{sample:.4g}" != f"{population:.4g}"
+    files = []
+    for shard, part in enumerate((values[:2], values[2:])):
+        path = tmp_path / "metrics" / "coco" / "multidiffusion" / "default" / "iou" / f"shard-{shard:03d}.csv"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        pd.DataFrame([{"item_id": f"{shard}{k}", "sample": 0, "image": f"{shard}{k}.png", "metric": "iou",
+                       "value": value, "scale": "fraction", "model": "deeplab", "text_handling": "",
+                       "n_objects": 1, "per_class": "{}"} for k, value in enumerate(part)],
+                     columns=COLUMNS).to_csv(path, index=False)
+        files.append(str(path))
+    summary = summarize_metric_files(files, str(tmp_path / "summary.csv"))
+    row = summary[(summary["metric"] == "iou") & (summary["aggregate"] == "mean")].iloc[0]
+    assert row["n"] == 3 and row["std"] == pytest.approx(sample)
+    assert summarize_iou(values) == (pytest.approx(row["mean"]), pytest.approx(row["std"]))  # the log line's too
+    paper = paper_table("multidiffusion", str(tmp_path / "summary.csv"), str(tmp_path / "paper.csv"),
+                        {"MultiDiffusion": "multidiffusion/default"}, {"coco": "coco"}, "cos01")
+    ours = paper.set_index("paper_row").loc["MultiDiffusion"]
+    assert ours["status"] == "ok" and ours["ours_std"] == pytest.approx(sample) and ours["paper_std"] == 0.12
+    page = render_report(summary_csv=str(tmp_path / "summary.csv"),
+                         paper_tables={"multidiffusion": str(tmp_path / "paper.csv")}, plots_csv=None, grids=[])
+    assert page.count(f'<td class="num">{sample:.4g}</td>') == 2  # the summary and the paper table
+    assert f"{population:.4g}" not in page and "sample std (ddof 1)" in page
 
 
 # --- run_shard ---------------------------------------------------------------------------------

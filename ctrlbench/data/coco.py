@@ -91,10 +91,11 @@ def annotation_path(root, split: str) -> Path:
     return Path(root) / "annotations" / f"instances_{split}2017.json"
 
 
-def coco_object_masks(annotation_file, image_id) -> list[tuple[str, np.ndarray]]:
+def coco_object_masks(annotation_file, image_id, ann_ids=None) -> list[tuple[str, np.ndarray]]:
     """(category name, bool mask [height, width]) of every annotation of one image, by ann id.
 
-    `image_id` is the COCO id as int or as the 12-digit item_id string.
+    `image_id` is the COCO id as int or as the 12-digit item_id string. `ann_ids`: only
+    these annotations (the objects an items row lists); None = all of the image's.
     """
     path = require_file(os.path.abspath(annotation_file), "COCO", LAYOUT)
     stat = path.stat()
@@ -103,6 +104,13 @@ def coco_object_masks(annotation_file, image_id) -> list[tuple[str, np.ndarray]]
     if image_id not in coco.imgs:
         raise DatasetError(f"COCO: {annotation_file} has no image with id {image_id}")
     annotations = sorted(coco.loadAnns(coco.getAnnIds(imgIds=[image_id])), key=lambda a: a["id"])
+    if ann_ids is not None:
+        wanted = set(ann_ids)
+        missing = sorted(wanted - {a["id"] for a in annotations})
+        if missing:
+            raise DatasetError(f"COCO: {annotation_file} has no annotation(s) {missing} of image {image_id}; "
+                               f"was the file changed after the items were read?")
+        annotations = [a for a in annotations if a["id"] in wanted]
     return [(coco.cats[a["category_id"]]["name"], coco.annToMask(a).astype(bool)) for a in annotations]
 
 

@@ -18,8 +18,9 @@ def prepare_items(fmt: str, root: str, split: str, items_csv: str, shard_dir: st
 
     region_filter (COCO only): keyword arguments of coco_regions.filter_region_subset
     ({} = its defaults); None = every item. counts_csv records how many items each step
-    kept (coco_regions.COUNT_COLUMNS): the filter's steps, or one row "all" without a
-    filter, plus a "max_items" row when max_items is set.
+    kept (coco_regions.COUNT_COLUMNS): the filter's steps and the other small_masks
+    reading's total, or one row "all" without a filter, plus a "max_items" row after the
+    applied steps when max_items is set.
     """
     from .coco_regions import counts_frame, filter_region_subset, region_filter_arguments
 
@@ -35,9 +36,11 @@ def prepare_items(fmt: str, root: str, split: str, items_csv: str, shard_dir: st
         # Deterministic subset: the first max_items ids, so it grows by appending.
         before = len(items)
         items = items.sort_values("item_id").head(max_items)
-        counts = counts_frame([*counts.itertuples(index=False, name=None),
-                               ("max_items", f"first {max_items} item ids (max_items)", len(items),
-                                before - len(items))])
+        # After the applied steps, before the other reading's total (which ignores max_items).
+        rows = list(counts.itertuples(index=False, name=None))
+        applied = [row for row in rows if row[-1]]
+        counts = counts_frame([*applied, ("max_items", f"first {max_items} item ids (max_items)", len(items),
+                                          before - len(items)), *[row for row in rows if not row[-1]]])
     changed = shards.write_shard_files(items, shard_dir, n_shards)
     log.info("%d items from %s (%s, split %s); rewrote shards %s", len(items), root, fmt, split, changed)
     if arguments is not None:

@@ -6,7 +6,8 @@ item_id, prompt and either
 
 - `masks`: a JSON list of {"voc_class": VOC name, COCO name or index, "path": mask image,
   relative to the table's folder}, or
-- `annotation_file` (COCO items): masks from the instance annotations.
+- `annotation_file` (COCO items): masks from the instance annotations of the objects
+  its `objects` column lists (every annotation of the image without that column).
 
 `item_masks` turns a row into {VOC index: bool mask [height, width]}: one mask per class
 (several objects of a class are united, since a semantic segmenter cannot tell them
@@ -74,7 +75,8 @@ def item_masks(row, base_dir: Path, height: int, width: int, method: str = "TCIG
     """{VOC index: bool [height, width]} target masks of one input row (see read_inputs).
 
     Explicit masks: pixels > 0 are the class; several masks of one class are united.
-    COCO items: the union of the instance masks of each category with a VOC counterpart;
+    COCO items: the union of the instance masks of each category with a VOC counterpart,
+    over the objects the row's `objects` lists (all of the image's without that column);
     other categories are skipped. Masks of another size are resized (nearest) with a
     warning. An unknown class, a missing or empty mask raise InputError (COCO items: a
     class whose objects vanish in the resize is dropped with a warning; an item left
@@ -93,7 +95,7 @@ def item_masks(row, base_dir: Path, height: int, width: int, method: str = "TCIG
     else:
         from ..data.coco import coco_object_masks
 
-        for category, mask in coco_object_masks(row["annotation_file"], item):
+        for category, mask in coco_object_masks(row["annotation_file"], item, _listed_ann_ids(row, method)):
             index = COCO_TO_VOC.get(category)
             if index is None:
                 log.info("%s item %s: COCO category %s has no VOC class, skipped", method, item, category)
@@ -119,6 +121,19 @@ def item_masks(row, base_dir: Path, height: int, width: int, method: str = "TCIG
     if not out:
         raise InputError(f"{method} item {item}: every target mask is empty at {width}x{height}")
     return out
+
+
+def _listed_ann_ids(row, method: str) -> list[int] | None:
+    """The ann ids of a COCO row's `objects` (None without the column: every annotation).
+    The region filter's drop_mask reading removes small objects from that list, and a
+    removed object must not be generated."""
+    if "objects" not in row.index or str(row["objects"]).strip() == "":
+        return None
+    try:
+        return [int(obj["ann_id"]) for obj in json.loads(row["objects"])]
+    except (json.JSONDecodeError, TypeError, KeyError, ValueError):
+        raise InputError(f"{method} item {row['item_id']}: objects is not a JSON list of {{ann_id, ...}} "
+                         f"(as read_coco writes it)") from None
 
 
 def _explicit_masks(row, base_dir: Path, method: str):

@@ -8,7 +8,8 @@ since a semantic segmenter cannot tell them apart):
     IoU_c = |pred == c  AND  mask_c| / |pred == c  OR  mask_c|
 
 and the image's `iou` is the mean of IoU_c over its target classes. Over a set of images
-the papers report mean +/- std (`summarize_iou`, population std).
+the papers report mean +/- std (`summarize_iou`: sample std, ddof=1, `ctrlbench.stats`,
+the same as the summary and paper tables).
 
 A target mask is never empty (the methods refuse empty masks), so the union is never
 empty; an empty mask raises instead of being given a made-up value. An image whose size
@@ -31,6 +32,7 @@ from .. import io
 from ..errors import InputError
 from ..methods.regions import load_manifest_masks
 from ..methods.segmentation import NUM_VOC_CLASSES, VOC_CLASSES, segment_probs
+from ..stats import mean_std
 from .embeddings import open_rgb
 
 log = logging.getLogger(__name__)
@@ -113,13 +115,12 @@ def iou_scores(deeplab, images: list[Image.Image], masks: list[dict[int, np.ndar
 
 
 def summarize_iou(values) -> tuple[float, float]:
-    """(mean, std) over images, std with ddof=0 (population); (nan, nan) for no values."""
+    """(mean, std) over images as stats.mean_std gives them (std ddof=1, NaN under two
+    values; (nan, nan) for none); non-finite values raise."""
     array = np.asarray(list(values), dtype=np.float64)
-    if array.size == 0:
-        return float("nan"), float("nan")
     if not np.isfinite(array).all():
         raise ValueError("summarize_iou: IoU values must be finite")
-    return float(array.mean()), float(array.std(ddof=0))
+    return mean_std(array)
 
 
 def run_shard(config: dict, deeplab_key: str, images_dir, out_csv, batch_size: int = 8) -> pd.DataFrame:

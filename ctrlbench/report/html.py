@@ -23,6 +23,7 @@ from typing import Any, Iterable
 
 from .. import io
 from ..errors import InputError
+from ..stats import STD_DDOF
 
 CSP = "default-src 'none'; img-src data:; style-src 'unsafe-inline'"
 
@@ -34,6 +35,8 @@ PLOT_COLUMNS = ["path", "dataset", "method", "metric", "param"]
 GRID_COLUMNS = ["row", "item_id", "prompt", "columns"]
 
 EMPTY = "\u2013"  # en dash: a missing (NaN) number
+# Said on the page, so a reader comparing stds with a paper knows which one ours is.
+STD_NOTE = f"std over images = the sample std (ddof {STD_DDOF})"
 IMAGE_TYPES = {"PNG": "image/png", "JPEG": "image/jpeg"}
 
 STYLE = """
@@ -132,7 +135,8 @@ def _summary_section(summary_csv, ids: "_Ids") -> dict:
         parts.append(f'<section id="{anchor}">\n<h3>{_e(dataset)}</h3>\n{_table(header, body)}</section>')
     return _section(ids.make("summary"), "Summary", parts, children,
                     intro="Per dataset: one row per method, parameter set, metric and aggregate "
-                          "(mean over images, or best of N samples per item); numbers to 4 significant digits.")
+                          "(mean over images, or best of N samples per item); numbers to 4 significant digits. "
+                          f"The {STD_NOTE}; a set row's (KID) std is over KID's subsets (torchmetrics, ddof 0).")
 
 
 def _papers_section(paper_tables: dict[str, str], ids: "_Ids") -> dict:
@@ -151,7 +155,8 @@ def _papers_section(paper_tables: dict[str, str], ids: "_Ids") -> dict:
         table = _table(header, body) if body else '<p class="none">none (the table has no rows)</p>\n'
         parts.append(f'<section id="{anchor}">\n<h3>{_e(paper)}</h3>\n{table}</section>')
     return _section(ids.make("papers"), "Papers: ours beside the paper", parts, children,
-                    intro=f"{EMPTY} marks a number the paper does not report or we did not compute.")
+                    intro=f"{EMPTY} marks a number the paper does not report or we did not compute. "
+                          f"Our {STD_NOTE}; the papers do not say which std they report.")
 
 
 def _plots_section(plots_csv: str | None, ids: "_Ids") -> dict:

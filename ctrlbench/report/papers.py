@@ -11,7 +11,8 @@ choices before regeneration, and, as reference rows only, the README's Tables 2 
 
 multidiffusion: the region-based IoU table (DeepLabv3 on the COCO region subset,
 per-image mean IoU over the objects, mean +/- std over images), which TCIG's paper
-repeats with its own row.
+repeats with its own row. ours_std is the summary's std: the sample std over images
+(ddof=1, ctrlbench.stats); the papers do not say which std they report.
 
 paradiffusion: the paper compares ParaDiffusion with its baselines by human votes only,
 so its table has no paper numbers (NaN): it puts our CLIP scores of ParaDiffusion and

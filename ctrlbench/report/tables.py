@@ -9,13 +9,15 @@ import pandas as pd
 
 from .. import io, paramsets
 from ..errors import InputError
+from ..stats import mean_std
 
 SUMMARY_COLUMNS = ["dataset", "method", "paramset", "metric", "aggregate", "scale", "n", "mean", "std",
                    "ci95_low", "ci95_high"]
 # aggregate "mean": over every image (all samples of all items); "best_of_n": the best
 # sample of each item, averaged over items (mmm2025 reports both; the original code
 # returned the last sample's score instead of either); "set": a set-level metric (FID,
-# KID) with one value per run.
+# KID) with one value per run. std: the sample std (ddof=1, ctrlbench.stats) over the
+# values aggregated; a set row copies its file's std (KID's over subsets).
 
 
 def bootstrap_ci(values: np.ndarray, n_resamples: int = 1000, seed: int = 0) -> tuple[float, float]:
@@ -85,9 +87,9 @@ LOWER_IS_BETTER = {"faithfulness_mse"}  # best_of_n takes the minimum of these
 
 def _row(keys: dict, aggregate: str, values: np.ndarray) -> dict:
     low, high = bootstrap_ci(values)
-    return {**keys, "aggregate": aggregate, "n": len(values), "mean": values.mean() if len(values) else float("nan"),
-            "std": values.std(ddof=1) if len(values) > 1 else float("nan"), "ci95_low": low, "ci95_high": high,
-            **paramsets.parse_name(keys["paramset"])}
+    mean, std = mean_std(values)  # std: ddof=1, the one definition (ctrlbench.stats)
+    return {**keys, "aggregate": aggregate, "n": len(values), "mean": mean, "std": std, "ci95_low": low,
+            "ci95_high": high, **paramsets.parse_name(keys["paramset"])}
 
 
 def summarize(per_image: pd.DataFrame, set_rows: list[dict] = ()) -> pd.DataFrame:
