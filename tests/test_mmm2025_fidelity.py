@@ -200,3 +200,30 @@ def test_bad_fidelity_settings_are_named(default_config, mutate, fragment):
     with pytest.raises(ConfigError) as error:
         cb_config.validate(config)
     assert fragment in str(error.value)
+
+
+def test_description_on_toy_cub_and_rgb_canny_on_its_images(tmp_path):
+    """On the toy CUB: captions and attribute words give different descriptions, the
+    captions one is the item's text_c10 lines joined; and the RGB Canny of its images is
+    not the gray one (the toy birds have colour edges of near-equal luminance)."""
+    from PIL import Image
+
+    from ctrlbench.data.items import prepare_items
+    from ctrlbench.data.toy import make_toy
+    from ctrlbench.methods.controlnet import canny_map
+
+    root = make_toy("cub", tmp_path / "cub")
+    prepare_items("cub", str(root), "test", str(tmp_path / "items.csv"), str(tmp_path / "shards"), 1)
+    items = str(tmp_path / "shards" / "shard-000.csv")
+    captions = description_prompts_for_shard(items, str(tmp_path / "c.csv"), {"kind": "description"})
+    words = description_prompts_for_shard(items, str(tmp_path / "a.csv"), {"kind": "description",
+                                                                           "source": "attributes"})
+    assert len(captions) == len(words) > 0
+    assert (captions["prompt"] != words["prompt"]).all()
+    table = pd.read_csv(tmp_path / "items.csv", dtype={"item_id": str}).set_index("item_id")
+    for row in captions.itertuples():
+        assert row.prompt == ", ".join(json.loads(table.loc[row.item_id, "captions"]))
+    differ = [not np.array_equal(np.asarray(canny_map(Image.open(path), 100, 200, "rgb")),
+                                 np.asarray(canny_map(Image.open(path), 100, 200, "gray")))
+              for path in table["image"]]
+    assert any(differ), "RGB and gray Canny agree on every toy image"
