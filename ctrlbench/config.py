@@ -249,6 +249,9 @@ def check_references(config: dict) -> None:
         if "region_filter" in entry and entry["format"] != "coco":
             raise ConfigError(f"datasets.{name}.region_filter: only coco datasets have object masks to filter on; "
                               f"this one is {entry['format']}")
+        if "layout" in entry and entry["format"] != "flowers":
+            raise ConfigError(f"datasets.{name}.layout: only flowers datasets have two on-disk layouts; "
+                              f"this one is {entry['format']}")
         region_filter = entry.get("region_filter") or {}
         if region_filter.get("min_objects", 2) > region_filter.get("max_objects", 4):
             raise ConfigError(f"datasets.{name}.region_filter: min_objects {region_filter['min_objects']} > "

@@ -60,7 +60,7 @@ def dataset_inputs(wildcards):
     entry = CONFIG["datasets"][wildcards.dataset]
     if entry["root"] == "toy":
         return [dataset_root(wildcards.dataset)]
-    return dataset_index_files(entry["format"], entry["root"])
+    return dataset_index_files(entry["format"], entry["root"], entry.get("layout"))
 
 
 def after_items(dataset):

@@ -33,6 +33,7 @@ checkpoint items:
         split=lambda wc: CONFIG["datasets"][wc.dataset]["split"],
         max_items=lambda wc: CONFIG["datasets"][wc.dataset]["max_items"],
         region_filter=lambda wc: CONFIG["datasets"][wc.dataset].get("region_filter"),
+        layout=lambda wc: CONFIG["datasets"][wc.dataset].get("layout"),  # flowers only; None = detect
         n_shards=N_SHARDS,
         shard_dir=lambda wc: f"{RESULTS}/data/{wc.dataset}/shards",
     conda:
@@ -53,6 +54,7 @@ rule gallery_items:
         fmt=lambda wc: CONFIG["datasets"][wc.dataset]["format"],
         root=lambda wc: dataset_root(wc.dataset),
         split=lambda wc: CONFIG["datasets"][wc.dataset]["gallery_split"],
+        layout=lambda wc: CONFIG["datasets"][wc.dataset].get("layout"),
     conda:
         CONDA_ENV
     log:

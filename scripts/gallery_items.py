@@ -3,4 +3,4 @@ from ctrlbench.jobs import logged
 
 p = snakemake.params
 with logged(snakemake.log[0]):
-    prepare_gallery(p.fmt, p.root, p.split, snakemake.output[0])
+    prepare_gallery(p.fmt, p.root, p.split, snakemake.output[0], p.layout)

@@ -67,6 +67,8 @@ def test_default_config_is_valid_and_defaults_are_filled(default_config):
     (lambda c: c["methods"]["bld"].update(datasets=["cub"]), "needs target masks, from a coco dataset"),
     (lambda c: c["methods"]["multidiffusion"]["params"].update(bootstrap=0.2), "bootstrap"),
     (lambda c: c["datasets"]["cub"].update(region_filter={}), "only coco datasets"),
+    (lambda c: c["datasets"]["cub"].update(layout="oxford"), "datasets.cub.layout: only flowers datasets"),
+    (lambda c: c["datasets"]["flowers"].update(layout="imagefolder"), "datasets.flowers.layout"),
     (lambda c: c["datasets"]["coco"]["region_filter"].update(min_objects=5), "min_objects 5 > max_objects 4"),
     (lambda c: c["datasets"]["coco"]["region_filter"].update(min_mask_fraction=5), "min_mask_fraction"),
     (lambda c: c["datasets"]["coco"]["region_filter"].update(small_masks="drop"),
@@ -90,6 +92,15 @@ def test_bad_config_names_the_key(default_config, mutate, fragment):
     with pytest.raises(ConfigError) as info:
         cb_config.validate(default_config)
     assert fragment in str(info.value)
+
+
+@pytest.mark.parametrize("layout", ["auto", "oxford", "kaggle"])
+def test_flowers_layout_is_accepted_and_never_filled_in(default_config, layout):
+    default_config["datasets"]["flowers"]["layout"] = layout
+    config = cb_config.validate(default_config)
+    assert config["datasets"]["flowers"]["layout"] == layout
+    # No schema default: filled in, it would reach (and be rejected for) every other format.
+    assert all("layout" not in entry for name, entry in config["datasets"].items() if name != "flowers")
 
 
 def test_load_reports_missing_and_invalid_yaml(tmp_path):

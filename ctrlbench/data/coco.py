@@ -15,7 +15,6 @@ from __future__ import annotations
 import contextlib
 import functools
 import io
-import json
 import os
 from pathlib import Path
 
@@ -23,7 +22,7 @@ import numpy as np
 import pandas as pd
 
 from ctrlbench.data.readers import (
-    check_split, items_frame, require_dir, require_file, require_images_exist, to_json,
+    check_split, items_frame, load_json_object, require_dir, require_file, require_images_exist, to_json,
 )
 from ctrlbench.errors import DatasetError
 
@@ -122,7 +121,7 @@ def _load_coco(annotation_file: str, mtime_ns: int, size: int):
     from pycocotools.coco import COCO
 
     coco = COCO()  # built from our own load: readable errors, and no progress printing
-    coco.dataset = _load_json(Path(annotation_file))
+    coco.dataset = load_json_object(Path(annotation_file), "COCO", LAYOUT)
     with contextlib.redirect_stdout(io.StringIO()):
         coco.createIndex()
     return coco
@@ -130,7 +129,7 @@ def _load_coco(annotation_file: str, mtime_ns: int, size: int):
 
 def _read_split(root: Path, split: str) -> list[dict]:
     annotation_file = require_file(annotation_path(root, split), "COCO", LAYOUT)
-    data = _load_json(annotation_file)
+    data = load_json_object(annotation_file, "COCO", LAYOUT)
     for key in ("images", "annotations", "categories"):
         if not isinstance(data.get(key), list):
             raise DatasetError(f"COCO: {annotation_file} has no list {key!r}; is it an instances_*.json file?")
@@ -185,25 +184,11 @@ def _read_captions(path: Path) -> dict[int, list[str]]:
     """image id -> captions from captions_<split>2017.json; {} when the file is absent."""
     if not path.is_file():
         return {}
-    data = _load_json(path)
+    data = load_json_object(path, "COCO", LAYOUT)
     by_image: dict[int, list[tuple[int, str]]] = {}
     for ann in data.get("annotations", []):
         by_image.setdefault(ann["image_id"], []).append((ann.get("id", 0), str(ann["caption"]).strip()))
     return {image_id: [text for _, text in sorted(pairs)] for image_id, pairs in by_image.items()}
-
-
-def _load_json(path: Path) -> dict:
-    try:
-        with open(path, encoding="utf-8") as handle:
-            data = json.load(handle)
-    except json.JSONDecodeError as error:
-        raise DatasetError(f"COCO: {path} line {error.lineno} column {error.colno}: "
-                           f"invalid JSON: {error.msg}") from None
-    except OSError as error:
-        raise DatasetError(f"COCO: cannot read {path}: {error}. {LAYOUT}") from None
-    if not isinstance(data, dict):
-        raise DatasetError(f"COCO: {path} must hold a JSON object at the top level")
-    return data
 
 
 def _checked(entry, keys, path, where: str) -> dict:

@@ -13,8 +13,10 @@ log = logging.getLogger(__name__)
 
 def prepare_items(fmt: str, root: str, split: str, items_csv: str, shard_dir: str,
                   n_shards: int, max_items: int = 0, region_filter: dict | None = None,
-                  counts_csv: str | None = None) -> None:
+                  counts_csv: str | None = None, layout: str | None = None) -> None:
     """Write the shard files, then `counts_csv` (if given), then `items_csv`.
+
+    layout (Flowers only): the on-disk layout, read_dataset's `layout`.
 
     region_filter (COCO only): keyword arguments of coco_regions.filter_region_subset
     ({} = its defaults); None = every item. counts_csv records how many items each step
@@ -27,7 +29,7 @@ def prepare_items(fmt: str, root: str, split: str, items_csv: str, shard_dir: st
     if region_filter is not None and fmt != "coco":
         raise ConfigError(f"region_filter applies to COCO datasets only (format 'coco'), not format {fmt!r}")
     arguments = region_filter_arguments(region_filter) if region_filter is not None else None  # fail before reading
-    items = read_dataset(fmt, root, split)
+    items = read_dataset(fmt, root, split, layout)
     if arguments is not None:
         items, counts = filter_region_subset(items, **arguments)
     else:
@@ -50,9 +52,9 @@ def prepare_items(fmt: str, root: str, split: str, items_csv: str, shard_dir: st
     io.write_csv(items_csv, items)  # written last: the checkpoint's only declared output
 
 
-def prepare_gallery(fmt: str, root: str, split: str, gallery_csv: str) -> None:
+def prepare_gallery(fmt: str, root: str, split: str, gallery_csv: str, layout: str | None = None) -> None:
     """The retrieval gallery (one table, not sharded: every query searches all of it)."""
-    gallery = read_dataset(fmt, root, split)
+    gallery = read_dataset(fmt, root, split, layout)
     # Row order is the retrieval tie-break order: lowest dataset id first (CUB image_id).
     gallery = gallery.sort_values("image_id" if "image_id" in gallery else "item_id", kind="stable")
     log.info("%d gallery items from %s (%s, split %s)", len(gallery), root, fmt, split)

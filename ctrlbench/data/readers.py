@@ -19,7 +19,7 @@ import pandas as pd
 
 from ctrlbench import io
 from ctrlbench.data import ITEM_COLUMNS
-from ctrlbench.errors import DatasetError
+from ctrlbench.errors import ConfigError, DatasetError
 
 # Readers are imported on first use: reading CUB should not import pycocotools, and the
 # reader modules import the helpers below (importing them eagerly here would be a cycle).
@@ -35,19 +35,22 @@ _READERS = {
 ITEM_ID_PATTERN = re.compile(r"^[A-Za-z0-9._-]+$")
 
 
-def read_dataset(fmt: str, root, split: str | None = None) -> pd.DataFrame:
+def read_dataset(fmt: str, root, split: str | None = None, layout: str | None = None) -> pd.DataFrame:
     """Read dataset `fmt` ("cub" | "flowers" | "coco" | "strokes" | "prompts" |
-    "paraprompts") under `root`
-    as an items table.
+    "paraprompts") under `root` as an items table.
 
     `split` defaults to the dataset's evaluation split ("test"; "val" for COCO; "all" for
-    a prompt list or ParaPrompts, which have no splits).
+    a prompt list or ParaPrompts, which have no splits). `layout` (Flowers only: "auto" |
+    "oxford" | "kaggle"; None = "auto") names the on-disk layout.
     """
     if fmt not in _READERS:
         raise DatasetError(f"unknown dataset format {fmt!r}; expected one of {sorted(_READERS)}")
+    if layout is not None and fmt != "flowers":
+        raise ConfigError(f"layout applies to Flowers datasets only (format 'flowers'), not format {fmt!r}")
     module_name, function_name, default_split = _READERS[fmt]
     reader = getattr(importlib.import_module(module_name), function_name)
-    return reader(root, split=default_split if split is None else split)
+    options = {} if layout is None else {"layout": layout}
+    return reader(root, split=default_split if split is None else split, **options)
 
 
 # --- checks -----------------------------------------------------------------------------
@@ -127,6 +130,23 @@ def read_int_map(path: Path, key: str, value: str, allowed: tuple[int, ...] | No
         if allowed is not None and mapping[key_id] not in allowed:
             raise malformed(path, number, f"{value} must be one of {list(allowed)}, got {value_text!r}")
     return mapping
+
+
+def load_json_object(path: Path, dataset: str, layout: str) -> dict:
+    """The top-level JSON object of `path`; bad JSON is reported with its line and column."""
+    try:
+        with open(path, encoding="utf-8") as handle:
+            data = json.load(handle)
+    except json.JSONDecodeError as error:
+        raise DatasetError(f"{dataset}: {path} line {error.lineno} column {error.colno}: "
+                           f"invalid JSON: {error.msg}") from None
+    except UnicodeDecodeError as error:
+        raise DatasetError(f"{dataset}: {path} is not valid UTF-8 ({error.reason})") from None
+    except OSError as error:
+        raise DatasetError(f"{dataset}: cannot read {path}: {error}. {layout}") from None
+    if not isinstance(data, dict):
+        raise DatasetError(f"{dataset}: {path} must hold a JSON object at the top level")
+    return data
 
 
 def read_captions(path: Path) -> list[str]:

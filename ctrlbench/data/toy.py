@@ -31,6 +31,7 @@ from PIL import Image, ImageDraw
 from ctrlbench.data.coco import COCO_CATEGORIES
 from ctrlbench.data.cub import CERTAINTIES, CUB_ATTRIBUTE_GROUPS, CUB_ATTRIBUTES, CUB_CLASS_NAMES, CUB_COLORS
 from ctrlbench.data.flowers import FLOWERS_CLASS_NAMES
+from ctrlbench.data.layout import KAGGLE_CLASS_NAMES, KAGGLE_SPLIT_DIRS
 from ctrlbench.data.paraprompts import COLUMNS as PARAPROMPTS_COLUMNS
 from ctrlbench.data.paraprompts import FILE_NAME as PARAPROMPTS_FILE
 from ctrlbench.errors import DatasetError
@@ -275,11 +276,17 @@ class _FlowerClass(NamedTuple):
 
 
 def make_toy_flowers(root, n_classes: int = 3, train_per_class: int = 2, test_per_class: int = 2,
-                     image_size: int = 64, seed: int = 0, val_per_class: int | None = None) -> Path:
+                     image_size: int = 64, seed: int = 0, val_per_class: int | None = None,
+                     layout: str = "oxford") -> Path:
     """Write <root>/jpg/, imagelabels.mat, setid.mat and text_c10/ (see flowers.py).
 
-    val_per_class defaults to test_per_class.
+    val_per_class defaults to test_per_class. layout "kaggle" writes the same train and val
+    images, with the same numbers, in the Kaggle layout instead: <root>/dataset/train/<class
+    id>/ and dataset/valid/<class id>/, with cat_to_name.json and text_c10/ beside dataset/.
+    Its test images are left out, as the real Kaggle copy has no labelled test split.
     """
+    if layout not in ("oxford", "kaggle"):
+        raise ValueError(f"toy data: layout must be 'oxford' or 'kaggle', got {layout!r}")
     val_per_class = test_per_class if val_per_class is None else val_per_class
     counts = {"train": train_per_class, "val": val_per_class, "test": test_per_class}
     _check_counts(n_classes=n_classes, **{f"{k}_per_class": v for k, v in counts.items()})
@@ -293,23 +300,46 @@ def make_toy_flowers(root, n_classes: int = 3, train_per_class: int = 2, test_pe
                              for f in flowers for i in range(count)) for split, count in counts.items()}
     settings = dict(n_classes=n_classes, train_per_class=train_per_class, val_per_class=val_per_class,
                     test_per_class=test_per_class, image_size=image_size, seed=seed)
+    if layout == "kaggle":  # only then: the default marker, and so the demo, stays byte-identical
+        settings["layout"] = layout
     with _staged(root, "flowers", settings) as staging:
-        _write_flowers(staging, flowers, numbers, image_size, seed)
+        if layout == "kaggle":
+            _write_flowers_kaggle(staging, flowers, numbers, image_size, seed)
+        else:
+            _write_flowers(staging, flowers, numbers, image_size, seed)
     return Path(root)
 
 
 def _write_flowers(staging: Path, flowers, numbers: dict, image_size: int, seed: int) -> None:
-    for number in sorted(n for listed in numbers.values() for n in listed):
-        flower = flowers[(number - 1) // _FLOWERS_BLOCK]
-        rng = np.random.default_rng([seed, flower.class_id, number])
-        _save_jpeg(staging / "jpg" / f"image_{number:05d}.jpg", _draw_flower(rng, flower, image_size))
-        captions = _lines(_flower_captions(rng, flower))
-        _write_text(staging / "text_c10" / f"class_{flower.class_id:05d}" / f"image_{number:05d}.txt", captions)
+    _write_flower_images(staging, flowers, numbers, image_size, seed, lambda split, class_id: staging / "jpg")
     n_labels = max(n for listed in numbers.values() for n in listed)
     labels = np.array([[(n - 1) // _FLOWERS_BLOCK + 1 for n in range(1, n_labels + 1)]], dtype=np.uint8)
     _save_mat(staging / "imagelabels.mat", {"labels": labels})
     _save_mat(staging / "setid.mat", {key: np.array([numbers[split]], dtype=np.uint16) for split, key in
                                       (("train", "trnid"), ("val", "valid"), ("test", "tstid"))})
+
+
+def _write_flowers_kaggle(staging: Path, flowers, numbers: dict, image_size: int, seed: int) -> None:
+    labelled = {split: numbers[split] for split in ("train", "val")}
+    _write_flower_images(staging, flowers, labelled, image_size, seed,
+                         lambda split, class_id: staging / "dataset" / KAGGLE_SPLIT_DIRS[split] / str(class_id))
+    # All 102 classes, keys as strings and not in numeric order, like the real file.
+    names = {str(class_id): name for class_id, name in enumerate(FLOWERS_CLASS_NAMES, start=1)}
+    _write_text(staging / KAGGLE_CLASS_NAMES, json.dumps(names, sort_keys=True) + "\n")
+
+
+def _write_flower_images(staging: Path, flowers, numbers: dict, image_size: int, seed: int, folder) -> None:
+    """Every image of `numbers` ({split: image numbers}) into folder(split, class id), and its
+    captions into text_c10/; each image is drawn from its own generator, so the folder does
+    not change its pixels."""
+    for split, listed in numbers.items():
+        for number in listed:
+            flower = flowers[(number - 1) // _FLOWERS_BLOCK]
+            rng = np.random.default_rng([seed, flower.class_id, number])
+            image = _draw_flower(rng, flower, image_size)
+            _save_jpeg(folder(split, flower.class_id) / f"image_{number:05d}.jpg", image)
+            captions = _lines(_flower_captions(rng, flower))
+            _write_text(staging / "text_c10" / f"class_{flower.class_id:05d}" / f"image_{number:05d}.txt", captions)
 
 
 def _flower_class(seed: int, class_id: int) -> _FlowerClass:
