@@ -104,8 +104,8 @@ def sweep_config(n_shards: int) -> dict:
         if "candidates" in method:
             method["candidates"] = [pin(ref) for ref in method["candidates"]]
     for rows in config.get("report", {}).get("papers", {}).values():
-        for row, ref in rows.items():
-            rows[row] = pin(ref)
+        for row, ref in rows.items():  # a row may map per dataset: {dataset: ref}
+            rows[row] = {dataset: pin(r) for dataset, r in ref.items()} if isinstance(ref, dict) else pin(ref)
     return config
 
 
