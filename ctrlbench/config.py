@@ -18,6 +18,7 @@ import yaml
 from . import paramsets
 from .errors import ConfigError
 from .methods.registry import METHOD_DEFAULTS, PARAMETER_CHOICES
+from .models.registry import SEGMENTER_ARCHS
 
 SCHEMA_PATH = Path(__file__).resolve().parent.parent / "schemas" / "config.schema.yaml"
 
@@ -157,6 +158,10 @@ def method_inputs(config: dict, name: str) -> list[tuple[str, str]]:
 def check_references(config: dict) -> None:
     datasets = config.get("datasets", {})
     prompts = config.get("prompts", {})
+    for key, entry in config.get("models", {}).items():
+        if entry["kind"] == "deeplabv3" and entry.get("arch", SEGMENTER_ARCHS[0]) not in SEGMENTER_ARCHS:
+            raise ConfigError(f"models.{key}.arch: '{entry['arch']}' is not a torchvision segmenter with "
+                              f"COCO_WITH_VOC_LABELS_V1 weights ({', '.join(SEGMENTER_ARCHS)})")
     for name, entry in prompts.items():
         if entry["kind"] == "template" and "template" not in entry:
             raise ConfigError(f"prompts.{name}: a template prompt set needs 'template'")
@@ -197,6 +202,11 @@ def check_references(config: dict) -> None:
                 if key not in method:
                     raise ConfigError(f"{where}: a tcig method needs '{key}'")
                 _check_model(config, method[key], f"{where}.{key}", (model_kind,))
+            if "vqmodel" in method:
+                _check_model(config, method["vqmodel"], f"{where}.vqmodel", ("vqmodel",))
+            elif any(p["decoder"] == "vqmodel" for p in method_paramsets(config, name).values()):
+                raise ConfigError(f"{where}: params.decoder vqmodel needs 'vqmodel', the key of a model of kind "
+                                  f"vqmodel (the VQGAN, docs/models.md)")
         if kind == "si":
             if "inpaint" not in method:
                 raise ConfigError(f"{where}: an si method needs 'inpaint' (a model of kind sd_inpaint)")
@@ -259,6 +269,11 @@ def check_references(config: dict) -> None:
     iou = config.get("evaluation", {}).get("iou")
     if iou:
         _check_model(config, iou["model"], "evaluation.iou.model", ("deeplabv3",))
+        if iou.get("held_out"):
+            _check_model(config, iou["held_out"], "evaluation.iou.held_out", ("deeplabv3",))
+            if iou["held_out"] == iou["model"]:
+                raise ConfigError(f"evaluation.iou.held_out: '{iou['held_out']}' is evaluation.iou.model itself; "
+                                  f"a held-out scorer must be another segmenter")
     aesthetic = config.get("evaluation", {}).get("aesthetic")
     if aesthetic:
         _check_model(config, aesthetic["model"], "evaluation.aesthetic.model", ("aesthetic",))
@@ -278,7 +293,15 @@ def check_references(config: dict) -> None:
                 raise ConfigError(f"{where}: dataset '{dataset}' ({datasets[dataset]['format']}) has no "
                                   f"real images; name a method whose images are the reference, or none")
             reference = fid_reference(config, dataset)
-            if reference not in ("real", "none"):
+            other = real_reference_dataset(reference)
+            if other:
+                if other not in datasets:
+                    raise ConfigError(f"{where}: '{reference}' names an unknown dataset '{other}' "
+                                      f"(datasets: {', '.join(sorted(datasets))})")
+                if datasets[other]["format"] in TEXT_ONLY_FORMATS:
+                    raise ConfigError(f"{where}: '{reference}': dataset '{other}' ({datasets[other]['format']}) "
+                                      f"has no real images")
+            elif reference not in ("real", "none"):
                 source, _ = resolve_ref(config, reference, where)
                 if dataset not in methods[source]["datasets"]:
                     raise ConfigError(f"{where}: reference method '{source}' does not run on "
@@ -333,12 +356,30 @@ def _check_description_sources(config: dict) -> None:
 
 
 def fid_reference(config: dict, dataset: str) -> str:
-    """What a dataset's FID compares against: "real", "none", or a method[/paramset] ref
-    (as written in evaluation.fid.reference; a string applies to every dataset)."""
+    """What a dataset's FID compares against: "real", "real:<another dataset>", "none", or a
+    method[/paramset] ref (as written in evaluation.fid.reference; a string applies to every
+    dataset)."""
     reference = config["evaluation"]["fid"]["reference"]
     if isinstance(reference, dict):
         reference = reference.get(dataset, reference.get("default", "real"))
     return reference
+
+
+REAL_PREFIX = "real:"
+
+
+def real_reference_dataset(reference: str) -> str | None:
+    """The dataset whose real images a "real:<dataset>" FID reference names, else None."""
+    return reference[len(REAL_PREFIX):] if reference.startswith(REAL_PREFIX) else None
+
+
+def iou_metrics(config: dict) -> dict[str, str]:
+    """{IoU metric name: segmenter model key}: "iou" scored by evaluation.iou.model and, when
+    set, "iou_held_out" by evaluation.iou.held_out; {} when IoU is off."""
+    iou = config.get("evaluation", {}).get("iou")
+    if not iou:
+        return {}
+    return {"iou": iou["model"], **({"iou_held_out": iou["held_out"]} if iou.get("held_out") else {})}
 
 
 def evaluation_prompts(config: dict, dataset: str) -> str | None:

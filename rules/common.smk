@@ -107,7 +107,7 @@ def model_entries(*keys):
     return {key: model_entry(CONFIG, key) for key in keys if key}
 
 
-MODEL_SETTINGS = ("model", "controlnet", "clip", "segmenter", "inpaint")  # method keys that name models
+MODEL_SETTINGS = ("model", "controlnet", "clip", "segmenter", "inpaint", "vqmodel")  # method keys that name models
 
 
 def method_model_keys(method):
@@ -208,8 +208,8 @@ def all_metric_shards(wildcards):
         metrics = list(CLIP_SCORERS)
         if kind in ("sdedit", "gradop"):
             metrics.append("faithfulness")
-        if kind in cb_config.REGION_KINDS and CONFIG["evaluation"].get("iou"):
-            metrics.append("iou")
+        if kind in cb_config.REGION_KINDS:
+            metrics += list(IOU_METRICS)  # iou, and iou_held_out with evaluation.iou.held_out
         if CONFIG["evaluation"].get("aesthetic"):
             metrics.append("aesthetic")
         files += [f"{RESULTS}/metrics/{dataset}/{method}/{paramset}/{metric}/shard-{shard}.csv"
@@ -248,6 +248,7 @@ CLIP_EVAL = CONFIG["evaluation"]["clip"]
 # per job, and there are thousands of metric jobs in a sweep.
 FID_EVAL = CONFIG["evaluation"].get("fid") or {}
 IOU_EVAL = CONFIG["evaluation"].get("iou") or {}
+IOU_METRICS = cb_config.iou_metrics(CONFIG)  # {metric name: segmenter model key}
 AESTHETIC_EVAL = CONFIG["evaluation"].get("aesthetic") or {}
 
 
@@ -344,18 +345,24 @@ def fid_real_cache(model, dataset, shard):
 
 
 def fid_reference_name(dataset):
-    """None (no FID for this dataset), "real", or "<method>@<paramset>" (a file-name form
-    of the reference run) from evaluation.fid.reference."""
+    """None (no FID for this dataset), "real", "real:<other dataset>", or "<method>@<paramset>"
+    (a file-name form of the reference run) from evaluation.fid.reference."""
     reference = cb_config.fid_reference(CONFIG, dataset)
     if reference == "none" or (reference == "real" and not has_real_images(dataset)):
         return None
-    if reference == "real":
-        return "real"
+    if reference == "real" or cb_config.real_reference_dataset(reference):
+        return reference
     return "@".join(cb_config.resolve_ref(CONFIG, reference, f"evaluation.fid.reference.{dataset}"))
 
 
 def fid_reference_file(dataset):
-    return f"{RESULTS}/cache/fid/{FID_EVAL['model']}/{dataset}/reference/{fid_reference_name(dataset)}.npz"
+    """The reference statistics of a dataset's FID: another dataset's real images are that
+    dataset's own real reference (computed once, whichever datasets use it)."""
+    name = fid_reference_name(dataset)
+    other = cb_config.real_reference_dataset(name)
+    if other:
+        dataset, name = other, "real"
+    return f"{RESULTS}/cache/fid/{FID_EVAL['model']}/{dataset}/reference/{name}.npz"
 
 
 def fid_reference_shards(wildcards):

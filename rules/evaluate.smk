@@ -111,26 +111,28 @@ rule faithfulness:
         "../scripts/faithfulness.py"
 
 
-# Mask alignment of the region methods: DeepLabv3 IoU of each target class, per image.
+# Mask alignment of the region methods: segmenter IoU of each target class, per image. One
+# metric per segmenter: iou (evaluation.iou.model) and iou_held_out (evaluation.iou.held_out).
 rule iou:
     input:
         images=shard_images,
-        model=model_input_files(IOU_EVAL.get("model")),
+        model=lambda wc: model_input_files(IOU_METRICS[wc.iou_metric]),
     output:
-        f"{RESULTS}/metrics/{{dataset}}/{{method}}/{{paramset}}/iou/shard-{{shard}}.csv",
+        f"{RESULTS}/metrics/{{dataset}}/{{method}}/{{paramset}}/{{iou_metric}}/shard-{{shard}}.csv",
     params:
-        model_key=IOU_EVAL.get("model"),
-        models=model_entries(IOU_EVAL.get("model")),
+        model_key=lambda wc: IOU_METRICS[wc.iou_metric],
+        models=lambda wc: model_entries(IOU_METRICS[wc.iou_metric]),
         runtime=runtime(),
         batch_size=IOU_EVAL.get("batch_size"),
     wildcard_constraints:
         method="|".join(kinds_regex("methods", kind) for kind in cb_config.REGION_KINDS),
+        iou_metric="|".join(IOU_METRICS) or "(?!)",
     resources:
         gpu=1,
     conda:
         CONDA_ENV
     log:
-        f"{RESULTS}/logs/iou/{{dataset}}/{{method}}/{{paramset}}/shard-{{shard}}.log",
+        f"{RESULTS}/logs/{{iou_metric}}/{{dataset}}/{{method}}/{{paramset}}/shard-{{shard}}.log",
     script:
         "../scripts/iou.py"
 
@@ -210,6 +212,8 @@ rule fid_kid:
         f"{RESULTS}/metrics/{{dataset}}/{{method}}/{{paramset}}/fid/set.csv",
     params:
         model_key=FID_EVAL.get("model"),
+        # The name the rows record: "real:<dataset>" when another dataset's photos are the reference.
+        reference_name=lambda wc: fid_reference_name(wc.dataset).replace("@", "/"),
         antialias=FID_EVAL.get("antialias"),
         kid_subset_size=FID_EVAL.get("kid_subset_size"),
         kid_subsets=FID_EVAL.get("kid_subsets"),

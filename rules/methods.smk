@@ -90,6 +90,7 @@ rule generate_tcig:
         sd_key=lambda wc: CONFIG["methods"][wc.method]["model"],
         clip_key=lambda wc: CONFIG["methods"][wc.method]["clip"],
         segmenter_key=lambda wc: CONFIG["methods"][wc.method]["segmenter"],
+        vqmodel_key=lambda wc: CONFIG["methods"][wc.method].get("vqmodel"),
         models=method_models,
         runtime=runtime(),
     wildcard_constraints:

@@ -60,6 +60,13 @@ def test_default_config_is_valid_and_defaults_are_filled(default_config):
     (lambda c: c["methods"]["tcig"].pop("segmenter"), "needs 'segmenter'"),
     (lambda c: c["methods"]["tcig"].update(clip="deeplab"), "expected open_clip"),
     (lambda c: c["methods"]["gradop"]["params"].update(grad_steps=3), "grad_steps"),
+    (lambda c: c["methods"]["tcig"]["params"].update(decoder="vqgan"), "methods.tcig.params.decoder: 'vqgan'"),
+    (lambda c: c["methods"]["tcig"]["params"].update(cut_method="pooled"), "methods.tcig.params.cut_method"),
+    (lambda c: c["methods"]["tcig"].update(sweep={"optimizer": ["adam", "sgd"]}), "methods.tcig.params.optimizer"),
+    (lambda c: c["methods"]["tcig"]["params"].update(decoder="vqmodel"), "needs 'vqmodel'"),
+    (lambda c: c["methods"]["tcig"].update(vqmodel="deeplab"), "expected vqmodel"),
+    (lambda c: c["methods"]["tcig"]["params"].update(decoder_path="/data/vqgan"), "decoder_path"),
+    (lambda c: c["models"]["deeplab"].update(arch="lraspp_mobilenet_v3_large"), "models.deeplab.arch"),
     (lambda c: c["evaluation"]["clip"].update(prompts={"cub": "template"}), "for dataset"),
     (lambda c: c["datasets"]["strokes"].update(format="paintings"), "datasets.strokes.format"),
     (lambda c: c["methods"]["si"].pop("inpaint"), "needs 'inpaint'"),
@@ -74,6 +81,8 @@ def test_default_config_is_valid_and_defaults_are_filled(default_config):
     (lambda c: c["datasets"]["coco"]["region_filter"].update(small_masks="drop"),
      "'datasets.coco.region_filter.small_masks': 'drop' is not one of ['drop_image', 'drop_mask']"),
     (lambda c: c["evaluation"]["iou"].update(model="clip"), "expected deeplabv3"),
+    (lambda c: c["evaluation"]["iou"].update(held_out="clip"), "evaluation.iou.held_out: model 'clip'"),
+    (lambda c: c["evaluation"]["iou"].update(held_out="deeplab"), "a held-out scorer must be another segmenter"),
     (lambda c: c["report"]["papers"]["multidiffusion"].update({"GLIGEN": "si"}), "unknown row 'GLIGEN'"),
     (lambda c: c["report"]["papers"].update({"gligen": {}}), "report.papers"),
     (lambda c: c["evaluation"]["fid"].update(model="clip"), "expected fid_inception"),
@@ -81,6 +90,9 @@ def test_default_config_is_valid_and_defaults_are_filled(default_config):
     (lambda c: c["evaluation"]["fid"]["reference"].update(landscapes="sd_llm"), "does not run on dataset"),
     (lambda c: c["evaluation"]["fid"]["reference"].update(imagenet="real"), "unknown dataset(s) imagenet"),
     (lambda c: c["evaluation"]["fid"]["reference"].update(coco="nosuch"), "unknown method 'nosuch'"),
+    (lambda c: c["evaluation"]["fid"]["reference"].update(strokes="real:photos"), "unknown dataset 'photos'"),
+    (lambda c: c["evaluation"]["fid"]["reference"].update(strokes="real:paragraphs"), "has no real images"),
+    (lambda c: c["evaluation"]["fid"]["reference"].update(strokes="real:"), "evaluation.fid.reference.strokes"),
     (lambda c: c["evaluation"]["fid"].update(antialias="yes"), "evaluation.fid.antialias"),
     (lambda c: c["evaluation"]["aesthetic"].update(clip="aesthetic"), "expected open_clip"),
     (lambda c: c["evaluation"]["aesthetic"].update(model="clip"), "expected aesthetic"),
@@ -140,6 +152,33 @@ def test_shipped_real_run_configs_are_valid(path):
     assert all(entry["source"] != "tiny" for entry in config["models"].values())
     for name in config["methods"]:
         cb_config.method_paramsets(config, name)
+
+
+def test_paper_configs_follow_the_papers_protocols():
+    """What issue 18 asks of the real configs: TCIG's stage 1 on the VQGAN with generate.py's
+    cutouts, scored by its guide (iou) and by a segmenter it never saw (iou_held_out); realism
+    metrics for GradOP+/SDEdit against photos; the panorama's Table 1 metrics against
+    single-view SD."""
+    for name in ("tcig", "multidiffusion"):
+        config = cb_config.load(ROOT / "configs" / f"{name}.yaml")
+        tcig = config["methods"]["tcig"]
+        assert config["models"][tcig["vqmodel"]] == {"kind": "vqmodel", "source": "xvjiarui/taming-vq-f16-n16384"}
+        for params in cb_config.method_paramsets(config, "tcig").values():
+            assert (params["decoder"], params["cut_method"], params["optimizer"]) == ("vqmodel", "latest", "adam")
+        iou = cb_config.iou_metrics(config)
+        assert iou["iou"] == tcig["segmenter"] != iou["iou_held_out"]  # the guide, and one it never saw
+        assert config["models"][iou["iou_held_out"]]["arch"] != config["models"][tcig["segmenter"]]["arch"]
+    gradop = cb_config.load(ROOT / "configs" / "gradop.yaml")
+    photos = cb_config.real_reference_dataset(cb_config.fid_reference(gradop, "strokes"))
+    assert gradop["datasets"][photos]["format"] == "coco"  # photos, never the paintings themselves
+    assert {"aesthetic", "fid", "clip"} <= set(gradop["evaluation"])
+    md = cb_config.load(ROOT / "configs" / "multidiffusion.yaml")
+    assert cb_config.fid_reference(md, "landscapes") == "sd_single_view"
+    assert cb_config.fid_reference(md, "coco") == "none" and "aesthetic" in md["evaluation"]
+    panorama = cb_config.method_params(md, "panorama")
+    crops = panorama["width"] // panorama["height"]  # crop_size 0: square crops of the height
+    assert panorama["crop_size"] == 0 and crops == 9
+    assert cb_config.method_params(md, "sd_single_view")["images_per_prompt"] == crops
 
 
 def test_defaults_beside_a_ref_are_filled(default_config):

@@ -192,6 +192,17 @@ def test_rows_record_implementation_and_flags(tmp_path):
     assert kid["kid_subset_size"] == "8" and kid["kid_subsets"] == "4" and float(kid["std"]) > 0
 
 
+def test_another_datasets_photos_are_named_as_the_reference(tmp_path):
+    """GradOP+'s paintings are scored against another dataset's photos ("real:photos"): the
+    shared reference file records "real", the rows the name the rule passes."""
+    rng = np.random.default_rng(7)
+    real, fake = rng.normal(size=(12, 4)).astype(np.float32), rng.normal(size=(12, 4)).astype(np.float32)
+    default = scores(tmp_path, real, fake, name="own")
+    named = scores(tmp_path, real, fake, name="photos", reference_name="real:photos")
+    assert set(default["reference"]) == {"real"} and set(named["reference"]) == {"real:photos"}
+    assert named["value"].tolist() == default["value"].tolist()  # the name changes, not the numbers
+
+
 def test_reference_must_match_the_images(tmp_path):
     rng = np.random.default_rng(7)
     real = write_cache(tmp_path / "real.npz", rng.normal(size=(10, 4)), antialias=True)

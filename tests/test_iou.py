@@ -208,6 +208,39 @@ def test_run_shard_checks_masks_before_loading_the_model(tmp_path, monkeypatch):
     assert not (tmp_path / "iou.csv").exists()
 
 
+def test_a_held_out_scorer_is_its_own_metric(tmp_path, monkeypatch):
+    """TCIG's real configs score IoU twice: with the segmenter stage 1 optimised against
+    (metric iou, the paper table's) and with one it never saw (iou_held_out). Rows, summary
+    and paper table keep them apart."""
+    from ctrlbench import config as cb_config
+    from ctrlbench.report.papers import paper_table
+    from ctrlbench.report.tables import summarize_metric_files
+
+    dog = box(0, 0, 8, 16)
+    segmenters = {"deeplab": FakeDeeplab(class_map({DOG: dog})),                 # the guide: a perfect match
+                  "deeplab_r101": FakeDeeplab(class_map({DOG: box(4, 0, 8, 16)}))}  # held out: half the dog
+    monkeypatch.setattr("ctrlbench.models.loaders.load_model", lambda config, key, device, dtype: segmenters[key])
+    write_shard(tmp_path / "run", [("a", 0, gray(), {DOG: dog}), ("b", 0, gray(), {DOG: dog})])
+    tcig_config = cb_config.load(os.path.join(os.path.dirname(__file__), "..", "configs", "tcig.yaml"))
+    metrics = cb_config.iou_metrics(tcig_config)
+    assert metrics == {"iou": "deeplab", "iou_held_out": "deeplab_r101"}
+    assert tcig_config["methods"]["tcig"]["segmenter"] == "deeplab" != metrics["iou_held_out"]
+    files = []
+    for metric, key in metrics.items():
+        out = tmp_path / "metrics" / "coco" / "tcig" / "default" / metric / "shard-000.csv"
+        frame = run_shard({"device": "cpu", "dtype": "float32"}, key, tmp_path / "run", out, metric=metric)
+        assert frame["metric"].tolist() == [metric] * 2 and frame["model"].tolist() == [key] * 2
+        files.append(out)
+    summary = summarize_metric_files(files, tmp_path / "summary.csv")
+    means = summary[summary["aggregate"] == "mean"].set_index("metric")["mean"]
+    assert means.to_dict() == {"iou": 1.0, "iou_held_out": 0.5}
+    table = paper_table("multidiffusion", str(tmp_path / "summary.csv"), str(tmp_path / "paper.csv"),
+                        {"TCIG": "tcig/default"}, {"coco": "coco"}, "clip100").set_index(["paper_row", "metric"])
+    assert table.loc[("TCIG", "iou"), "ours_mean"] == 1.0 and table.loc[("TCIG", "iou"), "paper"] == 0.30
+    held = table.loc[("TCIG", "iou_held_out")]
+    assert held["ours_mean"] == 0.5 and np.isnan(held["paper"]) and "held-out segmenter" in held["note"]
+
+
 def test_run_shard_with_the_tiny_deeplab(tmp_path):
     from ctrlbench.models.loaders import load_model
     from ctrlbench.models.tiny import build_tiny

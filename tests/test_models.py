@@ -16,12 +16,12 @@ from ctrlbench.errors import ModelNotFoundError
 from ctrlbench.models import loaders
 from ctrlbench.models.clip_tokenizer import VOCAB_SIZE, build_clip_tokenizer
 from ctrlbench.models.loaders import AestheticMLP, ClipModel, load_model
-from ctrlbench.models.registry import MODEL_KINDS
+from ctrlbench.models.registry import MODEL_KINDS, SEGMENTER_ARCHS
 from ctrlbench.models.tiny import OPEN_CLIP_CFG, TINY_MARKER, build_tiny
 
 KEYS = {"sd": "sd", "controlnet": "controlnet", "sd_inpaint": "sd_inpaint", "clip": "open_clip",
         "deeplab": "deeplabv3", "aesthetic": "aesthetic", "fid": "fid_inception",
-        "llm": "causal_lm", "minilm_tiny": "text_embedder", "para": "paradiffusion"}
+        "llm": "causal_lm", "minilm_tiny": "text_embedder", "para": "paradiffusion", "vqgan": "vqmodel"}
 SENTENCES = [
     "a photo of a cat",
     "A Red-winged Blackbird, perched on a branch!!",
@@ -106,7 +106,7 @@ def test_build_writes_marker_and_every_kind_is_covered(tiny_config):
 
 
 @pytest.mark.parametrize("kind", ["sd", "controlnet", "open_clip", "deeplabv3", "aesthetic", "fid_inception",
-                                  "paradiffusion"])
+                                  "paradiffusion", "vqmodel"])
 def test_build_is_deterministic(tiny_config, tmp_path, kind):
     key = next(k for k, v in KEYS.items() if v == kind)
     again = weights(build_tiny(kind, tmp_path / "again", seed=0))
@@ -259,6 +259,22 @@ def test_deeplab_real_weights_file_and_tag(tmp_path, monkeypatch):
         load_model(config, "d")
 
 
+@pytest.mark.parametrize("arch", SEGMENTER_ARCHS)
+def test_every_segmenter_arch_has_voc_weights_and_builds(arch):
+    """Each `arch` a deeplabv3 entry may name (a held-out IoU scorer beside TCIG's guide) has
+    COCO_WITH_VOC_LABELS_V1 weights in VOC order and builds with a 21-class head."""
+    from torchvision import models
+
+    from ctrlbench.methods.segmentation import VOC_CLASSES
+
+    weights = models.get_model_weights(arch).COCO_WITH_VOC_LABELS_V1
+    assert weights.meta["categories"] == list(VOC_CLASSES)
+    with torch.device("meta"):  # shapes only, no memory
+        model = loaders.build_deeplab(arch, loaders.DEEPLAB_NUM_CLASSES)
+    head = [m for m in model.classifier.modules() if isinstance(m, torch.nn.Conv2d)][-1]
+    assert head.out_channels == 21 and model.aux_classifier is None
+
+
 def test_aesthetic_mlp_has_the_laion_layout(tiny_config):
     model = load_model(tiny_config, "aesthetic")
     assert isinstance(model, AestheticMLP) and not model.training
@@ -328,15 +344,17 @@ def config_with(tmp_path, **entry):
     return {"results_dir": str(tmp_path), "hub_offline": True, "models": {"mymodel": entry}}
 
 
-@pytest.mark.parametrize("kind", ["sd", "controlnet", "sd_inpaint"])
-def test_uncached_hub_id_offline_raises(tmp_path, monkeypatch, kind):
+@pytest.mark.parametrize("kind, source", [("sd", "runwayml/stable-diffusion-v1-5"),
+                                          ("controlnet", "runwayml/stable-diffusion-v1-5"),
+                                          ("sd_inpaint", "runwayml/stable-diffusion-v1-5"),
+                                          ("vqmodel", loaders.VQGAN_HUB_ID)])
+def test_uncached_hub_id_offline_raises(tmp_path, monkeypatch, kind, source):
     monkeypatch.setattr(loaders, "_hub_cached", lambda *a, **k: None)  # whatever this machine caches
-    config = config_with(tmp_path, kind=kind, source="runwayml/stable-diffusion-v1-5")
+    config = config_with(tmp_path, kind=kind, source=source)
     with pytest.raises(ModelNotFoundError) as err:
         load_model(config, "mymodel")
     message = str(err.value)
-    for part in ("'mymodel'", kind, "runwayml/stable-diffusion-v1-5", "hf download",
-                 "models.mymodel.source", "hub_offline: false"):
+    for part in ("'mymodel'", kind, source, f"hf download {source}", "models.mymodel.source", "hub_offline: false"):
         assert part in message
 
 
@@ -369,6 +387,23 @@ def test_local_folder_that_is_not_a_model_raises(tmp_path):
     (tmp_path / "empty").mkdir()
     with pytest.raises(ModelNotFoundError, match="no model_index.json"):
         load_model(config_with(tmp_path, kind="sd", source=str(tmp_path / "empty")), "mymodel")
+    # a VQGAN checkpoint folder of taming-transformers (not converted) is named as such
+    with pytest.raises(ModelNotFoundError, match="no config.json; it is not a diffusers VQModel folder"):
+        load_model(config_with(tmp_path, kind="vqmodel", source=str(tmp_path / "empty")), "mymodel")
+
+
+def test_tiny_vqmodel_has_the_vqgan_f16_layout(tiny_config):
+    from diffusers import VQModel
+
+    model = load_model(tiny_config, "vqgan")
+    assert isinstance(model, VQModel) and not model.training
+    assert not any(p.requires_grad for p in model.parameters())
+    assert 2 ** (len(model.config.block_out_channels) - 1) == 16  # x16, as vqgan_imagenet_f16_16384
+    assert model.config.down_block_types[-1] == "AttnDownEncoderBlock2D"
+    codes = model.quantize.embedding.weight
+    assert codes.std() > 0.5  # unit-scale codes: distinct codes decode to distinct images
+    latent = codes[torch.arange(16) % codes.shape[0]].T.reshape(1, -1, 4, 4)
+    assert model.decode(latent).sample.shape == (1, 3, 64, 64)
 
 
 def test_missing_tiny_build_raises_and_never_falls_back(tmp_path):

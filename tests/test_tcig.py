@@ -18,14 +18,14 @@ from ctrlbench.data.toy import make_toy_coco
 from ctrlbench.errors import InputError, ModelNotFoundError
 from ctrlbench.methods import segmentation as seg
 from ctrlbench.methods import tcig
-from ctrlbench.methods.tcig import TCIG_DEFAULTS
+from ctrlbench.methods.tcig import TCIG_CUT_METHODS, TCIG_DEFAULTS
 from ctrlbench.models.loaders import load_model
 
 SIZE = 64
 PARAMS = {**TCIG_DEFAULTS, "height": SIZE, "width": SIZE, "iterations": 2, "cutouts": 4,
           "num_inference_steps": 4, "stage2_strength": 0.5}
 PROMPT = "a photo of a dog on the grass"
-KINDS = {"sd": "sd", "clip": "open_clip", "deeplab": "deeplabv3"}
+KINDS = {"sd": "sd", "clip": "open_clip", "deeplab": "deeplabv3", "vqgan": "vqmodel"}
 
 
 @pytest.fixture(scope="module")
@@ -127,8 +127,10 @@ def test_cutouts_and_spherical_distance():
 
 @pytest.fixture(scope="module")
 def seg_runs(pipe, clip, deeplab):
-    """Stage 1 on one seed, CLIP loss alone and with a heavily weighted mask term."""
-    params = {**PARAMS, "iterations": 20, "cutouts": 8, "lr": 0.1}
+    """Stage 1 on one seed, CLIP loss alone and with a heavily weighted mask term. Plain crops
+    (cut method original): with the random tiny CLIP, the augmented cutouts' loss is mostly
+    augmentation noise over 20 steps, which would hide whether the optimisation works."""
+    params = {**PARAMS, "iterations": 20, "cutouts": 8, "lr": 0.1, "cut_method": "original"}
     target = {"dog": box_mask(16, 8, 48, 40)}
     off = tcig.stage1(pipe.vae, clip, deeplab, PROMPT, target, {**params, "seg_weight": 0.0}, seed=3)
     on = tcig.stage1(pipe.vae, clip, deeplab, PROMPT, target, {**params, "seg_weight": 20.0}, seed=3)
@@ -169,29 +171,77 @@ def test_stage1_is_deterministic_and_resizes_masks(pipe, clip, deeplab, caplog):
     assert np.array_equal(np.asarray(a), np.asarray(b))
 
 
+# --- cutouts and their augmentations --------------------------------------------------------
+
+def cutouts(method, seed=0, cut_pow=1.0, image=None):
+    image = torch.rand(1, 3, SIZE, 48, generator=torch.Generator().manual_seed(9)) if image is None else image
+    return tcig.make_cutouts(image, (32, 32), 6, cut_pow, torch.Generator().manual_seed(seed), method)
+
+
+def test_cut_methods_follow_generate_py_and_are_deterministic():
+    made = {method: cutouts(method) for method in TCIG_CUT_METHODS}
+    for method, cuts in made.items():
+        assert cuts.shape == (6, 3, 32, 32)
+        assert torch.equal(cuts, cutouts(method))             # same seed, same cutouts
+        assert not torch.equal(cuts, cutouts(method, seed=1))  # another seed, others
+    assert not torch.equal(made["original"], made["nrupdated"])  # the same crops, then augmented
+    assert not torch.equal(made["original"], made["latest"])
+    assert not torch.equal(made["nrupdated"], made["latest"])
+    assert made["original"].min() >= 0 and made["original"].max() <= 1  # no noise without augments
+    assert made["nrupdated"].min() < 0 or made["nrupdated"].max() > 1    # augments end with noise
+    # latest pools the whole image (cut_pow unused); the crops of the other two follow cut_pow
+    assert torch.equal(cutouts("latest", cut_pow=4.0), made["latest"])
+    assert not torch.equal(cutouts("nrupdated", cut_pow=4.0), made["nrupdated"])
+    with pytest.raises(ValueError, match="unknown cut method 'pooled'"):
+        cutouts("pooled")
+
+
+def test_augmented_cutouts_pass_gradients_and_erase_one_box(monkeypatch):
+    image = torch.rand(1, 3, SIZE, SIZE, requires_grad=True)
+    cutouts("latest", image=image).square().sum().backward()
+    assert image.grad is not None and image.grad.abs().sum() > 0
+    # erasing (forced on): one rectangle of 10-40% of the area, the same in every cutout
+    monkeypatch.setattr(tcig, "AUGMENT_P", 1.0)
+    cuts = torch.rand(5, 3, 32, 32) * 0.8 + 0.1
+    erased = tcig._random_erasing(cuts, torch.Generator().manual_seed(4))
+    box = (erased == 0).all(dim=1)
+    assert (box == box[0]).all() and 0.1 - 1 / 16 <= box[0].float().mean() <= 0.4 + 1 / 16
+    rows, cols = box[0].any(dim=1).nonzero(), box[0].any(dim=0).nonzero()
+    assert box[0][rows.min():rows.max() + 1, cols.min():cols.max() + 1].all()  # a filled rectangle
+    assert torch.equal(erased[:, :, ~box[0]], cuts[:, :, ~box[0]])               # nothing else changed
+
+
+def test_stage1_cut_method_and_optimizer_change_the_run(pipe, clip, deeplab):
+    target = {"dog": box_mask(16, 8, 48, 40)}
+    params = {**PARAMS, "iterations": 2, "cut_method": "original", "optimizer": "adam"}
+
+    def run(**change):
+        image, history = tcig.stage1(pipe.vae, clip, deeplab, PROMPT, target, {**params, **change}, seed=2)
+        return np.asarray(image), [e["loss"] for e in history]
+
+    plain = run()
+    assert np.array_equal(plain[0], run()[0]) and plain[1] == run()[1]  # deterministic for a seed
+    for change in ({"cut_method": "latest"}, {"cut_method": "nrupdated"}, {"optimizer": "adamw"}):
+        other = run(**change)
+        assert other[1][0] != plain[1][0] or other[1][-1] != plain[1][-1], change
+        assert other[1] == run(**change)[1]
+    with pytest.raises(ValueError, match="optimizer must be one of adam, adamw"):
+        run(optimizer="sgd")
+
+
 # --- VQModel decoder -------------------------------------------------------------------------
 
 @pytest.fixture(scope="module")
-def vqmodel_dir(tmp_path_factory):
-    from diffusers import VQModel
-
-    torch.manual_seed(0)
-    model = VQModel(in_channels=3, out_channels=3, down_block_types=("DownEncoderBlock2D",) * 3,
-                    up_block_types=("UpDecoderBlock2D",) * 3, block_out_channels=(8, 16, 16),
-                    layers_per_block=1, latent_channels=4, num_vq_embeddings=64, norm_num_groups=8,
-                    vq_embed_dim=4, sample_size=SIZE)
-    folder = tmp_path_factory.mktemp("vq") / "vqgan"
-    model.save_pretrained(str(folder / "vqvae"))
-    return folder
+def vqmodel(config):
+    return load_model(config, "vqgan")
 
 
-def test_vqmodel_decoder(vqmodel_dir, pipe, clip, deeplab):
-    params = {**PARAMS, "decoder": "vqmodel", "decoder_path": str(vqmodel_dir), "decoder_subfolder": "vqvae",
-              "iterations": 8, "cutouts": 4, "lr": 0.2}
-    decoder = tcig.build_decoder(params)
-    assert isinstance(decoder, tcig.VQModelDecoder) and decoder.latent_shape(SIZE, SIZE) == (1, 4, 16, 16)
+def test_vqmodel_decoder(vqmodel, pipe, clip, deeplab):
+    params = {**PARAMS, "decoder": "vqmodel", "iterations": 8, "cutouts": 4, "lr": 0.2, "cut_method": "original"}
+    decoder = tcig.build_decoder(params, vqmodel=vqmodel)
+    assert isinstance(decoder, tcig.VQModelDecoder) and decoder.latent_shape(SIZE, SIZE) == (1, 8, 4, 4)
     z = decoder.init_latent(SIZE, SIZE, torch.Generator().manual_seed(0))
-    codes = z[0].reshape(4, -1).T
+    codes = z[0].reshape(8, -1).T
     assert (codes[:, None] == decoder.codebook[None]).all(-1).any(1).all()  # starts on codebook vectors
     moved = z + 100
     decoder.project_(moved)
@@ -200,12 +250,32 @@ def test_vqmodel_decoder(vqmodel_dir, pipe, clip, deeplab):
     assert image.size == (SIZE, SIZE) and len(history) == 9
     assert np.isfinite([e["loss"] for e in history]).all()
     assert min(e["loss"] for e in history[1:]) < history[0]["loss"]
-    with pytest.raises(ModelNotFoundError, match="config.json"):
-        tcig.build_decoder({**params, "decoder_subfolder": ""})
-    with pytest.raises(ModelNotFoundError, match="decoder_path"):
-        tcig.build_decoder({**params, "decoder_path": ""})
+    with pytest.raises(ValueError, match="needs a VQModel"):
+        tcig.build_decoder(params)
     with pytest.raises(ValueError, match="unknown TCIG decoder"):
-        tcig.build_decoder({**params, "decoder": "vqgan"})
+        tcig.build_decoder({**params, "decoder": "vqgan"}, vqmodel=vqmodel)
+    with pytest.raises(ValueError, match="height and width must be positive multiples of 16"):
+        decoder.latent_shape(SIZE, 40)
+
+
+def test_missing_vqgan_stops_the_job_naming_the_key(config, tmp_path, monkeypatch):
+    """A real VQGAN that is not on disk fails before SD loads, saying how to get it."""
+    from ctrlbench.models import loaders
+
+    monkeypatch.setattr(loaders, "_hub_cached", lambda *a, **k: None)  # whatever this machine caches
+    real = {**config, "models": {**config["models"], "vqgan": {"kind": "vqmodel", "source": loaders.VQGAN_HUB_ID}}}
+    inputs = tmp_path / "inputs"
+    inputs.mkdir()
+    mask = write_mask(inputs / "m.png", box_mask(8, 8, 40, 40))
+    csv = write_inputs(inputs, {"a": [{"voc_class": "dog", "path": mask}]})
+    params = {**PARAMS, "decoder": "vqmodel"}
+    with pytest.raises(ModelNotFoundError) as error:
+        tcig.run_shard(real, "sd", "clip", "deeplab", csv, str(tmp_path / "out"), params, vqmodel_key="vqgan")
+    for part in ("'vqgan'", "kind vqmodel", f"hf download {loaders.VQGAN_HUB_ID}", "models.vqgan.source"):
+        assert part in str(error.value)
+    with pytest.raises(ValueError, match="needs vqmodel_key"):
+        tcig.run_shard(config, "sd", "clip", "deeplab", csv, str(tmp_path / "out"), params)
+    assert not (tmp_path / "out").exists()
 
 
 # --- stage 2 -------------------------------------------------------------------------------
@@ -303,15 +373,14 @@ def test_run_shard_rejects_bad_masks(config, tmp_path, entry, message):
     assert not (tmp_path / "out").exists()
 
 
-def test_run_shard_coco_items_and_vqmodel_decoder(config, tmp_path, vqmodel_dir):
+def test_run_shard_coco_items_and_vqmodel_decoder(config, tmp_path):
     root = make_toy_coco(tmp_path / "coco", n_images=2, image_size=SIZE)
     items = read_coco(root, "val")
     items["prompt"] = [json.loads(c)[0] for c in items["captions"]]
     items.to_csv(tmp_path / "items.csv", index=False)
-    params = {**PARAMS, "iterations": 1, "decoder": "vqmodel", "decoder_path": str(vqmodel_dir),
-              "decoder_subfolder": "vqvae"}
+    params = {**PARAMS, "iterations": 1, "decoder": "vqmodel"}
     manifest = tcig.run_shard(config, "sd", "clip", "deeplab", str(tmp_path / "items.csv"),
-                              str(tmp_path / "out"), params)
+                              str(tmp_path / "out"), params, vqmodel_key="vqgan")
     assert list(manifest["item_id"]) == list(items["item_id"])
     for row, item in zip(manifest.itertuples(), items.itertuples()):
         expected = {}
@@ -325,7 +394,8 @@ def test_run_shard_coco_items_and_vqmodel_decoder(config, tmp_path, vqmodel_dir)
                 assert np.array_equal(np.asarray(image) > 0, expected[m["voc_class"]])
         assert row.source_image == item.image
     record = json.loads((tmp_path / "out" / "params.json").read_text())
-    assert record["model"]["decoder"] == {"kind": "vqmodel", "source": str(vqmodel_dir), "subfolder": "vqvae"}
+    assert record["model"]["vqgan"] == {"kind": "vqmodel", "source": "tiny"}
+    assert record["params"]["decoder"] == "vqmodel" and record["params"]["cut_method"] == "latest"
 
 
 def test_read_inputs_needs_masks_or_coco(tmp_path):

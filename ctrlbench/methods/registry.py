@@ -83,22 +83,32 @@ GRADOP_DEFAULTS = {
     "memory_saver": "none",      # none | vae_slicing | vae_tiling | checkpointing
 }
 
+# TCIG's choices (docs/methods/tcig.md). The cut methods are VQGAN+CLIP generate.py's
+# --cut_method values: original = random crops only; nrupdated = random crops + its default
+# augments; latest (its default) = the whole image pooled to the CLIP size + the augments.
+TCIG_DECODERS = ("sd_vae", "vqmodel")
+TCIG_CUT_METHODS = ("original", "nrupdated", "latest")
+TCIG_OPTIMIZERS = ("adam", "adamw")
+
 TCIG_DEFAULTS = {
-    # TCIG: stage 1 optimises a decoder latent (CLIP + segmentation loss), stage 2 img2img.
-    "decoder": "sd_vae",         # sd_vae | vqmodel (decoder_path: a diffusers VQModel)
-    "decoder_path": "",
-    "decoder_subfolder": "",
+    # Stage 1 (VQGAN+CLIP generate.py defaults: 500 iterations, Adam, lr 0.1, 32 cutouts,
+    # cut_pow 1, cut method "latest" with its augments).
+    "decoder": "sd_vae",         # sd_vae (the SD pipeline's VAE) | vqmodel (the method's `vqmodel` model)
     "iterations": 500,
+    "optimizer": "adam",         # adam (generate.py's default) | adamw (torch's weight decay 0.01)
     "lr": 0.1,
     "cutouts": 32,
-    "cut_pow": 1.0,
+    "cut_pow": 1.0,              # random-crop size exponent (original, nrupdated)
+    "cut_method": "latest",      # original | nrupdated | latest (TCIG_CUT_METHODS)
     "clip_weight": 1.0,
-    "seg_weight": 1.0,
-    "stage2_strength": 0.6,
+    "seg_weight": 1.0,           # one weight for every target mask (stage1 also takes a per-class dict)
+    # Stage 2: SD img2img on the stage-1 image.
+    "stage2_strength": 0.6,      # 0 = no stage 2 (the final image is the stage-1 image)
     "num_inference_steps": 50,
     "guidance_scale": 7.5,
     "negative_prompt": "",
-    "seed": 0,
+    # Both stages.
+    "seed": 0,                   # sample k of an item uses seed + k in both stages
     "height": 512,
     "width": 512,
     "samples_per_item": 1,
@@ -182,6 +192,7 @@ PARAMETER_CHOICES = {
     "retrieval": {"strategy": ("attribute", "text")},
     "paradiffusion": {"text_encoder_placement": PARADIFFUSION_PLACEMENTS,
                       "text_encoder_dtype": PARADIFFUSION_ENCODER_DTYPES},
+    "tcig": {"decoder": TCIG_DECODERS, "cut_method": TCIG_CUT_METHODS, "optimizer": TCIG_OPTIMIZERS},
 }
 
 METHOD_DEFAULTS = {

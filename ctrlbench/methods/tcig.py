@@ -10,8 +10,10 @@ Stage 2 runs Stable Diffusion img2img on the stage-1 image at a moderate strengt
 add detail while keeping its layout.
 
 Decoders: "sd_vae" (the SD pipeline's own VAE; latent [1, 4, H/8, W/8]) or "vqmodel" (a
-diffusers VQModel, e.g. a converted VQGAN, given by `decoder_path`; latent in codebook
-space, quantised with a straight-through estimator, as VQGAN+CLIP does).
+diffusers VQModel, the VQGAN of VQGAN+CLIP converted to diffusers, given as a model of kind
+vqmodel; latent in codebook space, quantised with a straight-through estimator, as
+VQGAN+CLIP does). CLIP sees `cutouts` cutouts per step, made and augmented as VQGAN+CLIP
+generate.py's --cut_method does (make_cutouts).
 
 Every image is made on its own (one item and sample per call), so there is no batch to
 halve on CUDA out-of-memory. A stage-1 or stage-2 image holding NaN or inf raises
@@ -32,42 +34,19 @@ from torch.nn import functional as F
 from .. import io
 from ..batching import check_finite_images, finite_pil
 from ..config import resolve_device, resolve_dtype
-from ..errors import ModelNotFoundError
 from ..models.loaders import load_model
 from ..prompts.long_prompt import TEXT_HANDLING
 # read_inputs, item_masks and MASK_DIR are re-exported: TCIG's inputs are the shared region inputs.
 from .regions import MASK_DIR, check_all_masks, item_masks, read_inputs, resize_mask, save_item_masks  # noqa: F401
+from .registry import TCIG_CUT_METHODS, TCIG_DECODERS, TCIG_DEFAULTS, TCIG_OPTIMIZERS  # noqa: F401
 from .segmentation import VOC_CLASSES, segment_probs, voc_index
 
 log = logging.getLogger(__name__)
 
-TCIG_DEFAULTS = {
-    # Stage 1 (VQGAN+CLIP reference settings: 500 iterations, lr 0.1, 32 cutouts, cut_pow 1).
-    "decoder": "sd_vae",         # sd_vae (the SD pipeline's VAE) | vqmodel (diffusers VQModel at decoder_path)
-    "decoder_path": "",          # vqmodel: local diffusers VQModel folder (or cached hub id)
-    "decoder_subfolder": "",     # vqmodel: subfolder holding the VQModel (e.g. "vqvae"); "" = none
-    "iterations": 500,
-    "lr": 0.1,                   # AdamW on the latent
-    "cutouts": 32,
-    "cut_pow": 1.0,
-    "clip_weight": 1.0,
-    "seg_weight": 1.0,           # one weight for every target mask (stage1 also takes a per-class dict)
-    # Stage 2: SD img2img on the stage-1 image.
-    "stage2_strength": 0.6,      # 0 = no stage 2 (the final image is the stage-1 image)
-    "num_inference_steps": 50,
-    "guidance_scale": 7.5,
-    "negative_prompt": "",
-    # Both stages.
-    "seed": 0,                   # sample k of an item uses seed + k in both stages
-    "height": 512,
-    "width": 512,
-    "samples_per_item": 1,
-}
-
 MANIFEST_COLUMNS = ["item_id", "sample", "image", "prompt", "seed", "class_name", "source_image",
                     "stage1_image", "stage1_final_loss", "masks"]
 STAGE1_DIR = "stage1"
-DECODERS = ("sd_vae", "vqmodel")
+DECODERS = TCIG_DECODERS
 # OpenAI CLIP normalisation, used when the CLIP model does not say its own.
 CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
 CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
@@ -185,42 +164,19 @@ def as_decoder(model):
     raise TypeError(f"no TCIG decoder for {type(model).__name__}; expected AutoencoderKL or VQModel")
 
 
-def load_vqmodel(source: str, device: str = "cpu", dtype: torch.dtype = torch.float32,
-                 subfolder: str = "", offline: bool = True):
-    """A diffusers VQModel from a local folder (or, with offline false or a filled cache, a
-    hub id), on `device` in `dtype`. Raises ModelNotFoundError when it cannot be found."""
-    from diffusers import VQModel
-
-    if not source:
-        raise ModelNotFoundError("TCIG decoder 'vqmodel' needs params.decoder_path: a diffusers VQModel "
-                                 "folder (config.json + weights)")
-    path = Path(source).expanduser()
-    folder = path / subfolder if subfolder else path
-    if path.exists() and not (folder / "config.json").is_file():
-        raise ModelNotFoundError(f"TCIG decoder_path {folder} has no config.json; it is not a diffusers "
-                                 f"VQModel folder")
-    try:
-        model = VQModel.from_pretrained(str(path) if path.exists() else source,
-                                        subfolder=subfolder or None, dtype=dtype,
-                                        local_files_only=offline or path.exists())
-    except (OSError, ValueError) as exc:
-        raise ModelNotFoundError(f"TCIG decoder_path '{source}' (subfolder '{subfolder}') is not an available "
-                                 f"diffusers VQModel: {exc}") from exc
-    return model.to(device).eval().requires_grad_(False)
-
-
-def build_decoder(params: dict, sd_pipe=None, device: str = "cpu", dtype: torch.dtype = torch.float32,
-                  offline: bool = True):
+def build_decoder(params: dict, sd_pipe=None, vqmodel=None):
     """The stage-1 decoder that params["decoder"] names: "sd_vae" -> sd_pipe.vae,
-    "vqmodel" -> the VQModel at params["decoder_path"] (load_vqmodel)."""
+    "vqmodel" -> `vqmodel` (a loaded diffusers VQModel, models kind vqmodel)."""
     kind = params.get("decoder", "sd_vae")
     if kind == "sd_vae":
         if sd_pipe is None:
             raise ValueError("decoder sd_vae needs the SD pipeline")
         return SDVAEDecoder(sd_pipe.vae)
     if kind == "vqmodel":
-        return VQModelDecoder(load_vqmodel(params.get("decoder_path", ""), device, dtype,
-                                           params.get("decoder_subfolder", ""), offline))
+        if vqmodel is None:
+            raise ValueError("decoder vqmodel needs a VQModel: name a model of kind vqmodel in the method's "
+                             "`vqmodel` setting (docs/models.md)")
+        return VQModelDecoder(vqmodel)
     raise ValueError(f"unknown TCIG decoder '{kind}' (decoders: {', '.join(DECODERS)})")
 
 
@@ -242,11 +198,43 @@ def clip_input(clip) -> tuple[tuple[int, int], tuple, tuple]:
     return (int(size[0]), int(size[-1])), tuple(mean or CLIP_MEAN), tuple(std or CLIP_STD)
 
 
+# generate.py's default augments (-aug Af Pe Ji Er: kornia RandomAffine, RandomPerspective,
+# ColorJitter, RandomErasing, each applied with p 0.7) and its noise (noise_fac 0.1). Its two
+# cut methods with augments differ only in the rotation range and the perspective distortion.
+CUT_AUGMENTS = {"nrupdated": {"degrees": 30.0, "distortion": 0.5},   # MakeCutoutsNRUpdate
+                "latest": {"degrees": 15.0, "distortion": 0.7}}       # MakeCutouts (its default)
+AUGMENT_P = 0.7
+NOISE_FAC = 0.1
+
+
 def make_cutouts(image: torch.Tensor, cut_size: tuple[int, int], cutn: int, cut_pow: float,
-                 generator: torch.Generator) -> torch.Tensor:
-    """VQGAN+CLIP's MakeCutouts: `cutn` random square crops of [1, 3, H, W], side
-    rand() ** cut_pow * (max - min) + min with max = min(H, W), min = min(H, W, cut size),
-    each resized to cut_size (bilinear, antialiased when shrinking). -> [cutn, 3, *cut_size]."""
+                 generator: torch.Generator, method: str = "original") -> torch.Tensor:
+    """VQGAN+CLIP generate.py's cutouts of [1, 3, H, W] -> [cutn, 3, *cut_size], by its
+    --cut_method:
+
+    * original (MakeCutoutsOrig): `cutn` random square crops, side rand() ** cut_pow *
+      (max - min) + min with max = min(H, W), min = min(H, W, cut size), each resized to
+      cut_size (bilinear, antialiased when shrinking);
+    * nrupdated (MakeCutoutsNRUpdate): the same crops, then augment_cutouts (rotation up to
+      30 degrees, perspective distortion 0.5);
+    * latest (MakeCutouts, generate.py's default): `cutn` copies of the whole image pooled to
+      cut_size ((adaptive average + adaptive max) / 2; cut_pow unused), then augment_cutouts
+      (rotation up to 15 degrees, perspective distortion 0.7).
+
+    Every random draw comes from `generator`."""
+    if method not in TCIG_CUT_METHODS:
+        raise ValueError(f"unknown cut method '{method}' (cut methods: {', '.join(TCIG_CUT_METHODS)})")
+    if method == "latest":
+        pooled = (F.adaptive_avg_pool2d(image, cut_size) + F.adaptive_max_pool2d(image, cut_size)) / 2
+        cuts = pooled.expand(cutn, -1, -1, -1)
+    else:
+        cuts = _random_crops(image, cut_size, cutn, cut_pow, generator)
+    if method == "original":
+        return cuts
+    return augment_cutouts(cuts, generator, **CUT_AUGMENTS[method])
+
+
+def _random_crops(image, cut_size, cutn, cut_pow, generator) -> torch.Tensor:
     _, _, height, width = image.shape
     max_size = min(height, width)
     min_size = min(height, width, *cut_size)
@@ -261,11 +249,110 @@ def make_cutouts(image: torch.Tensor, cut_size: tuple[int, int], cutn: int, cut_
     return torch.cat(cuts)
 
 
+def augment_cutouts(cuts: torch.Tensor, generator: torch.Generator, degrees: float,
+                    distortion: float) -> torch.Tensor:
+    """generate.py's augments of a cutout batch [N, 3, h, w], in its order, each on a cutout
+    with probability AUGMENT_P (torchvision functional ops: differentiable, zero fill):
+
+    1. affine: rotation U(-degrees, degrees), shift U(-0.1, 0.1) of the size, x shear U(-5, 5);
+    2. perspective: each corner moved inwards by U(0, distortion * half the size) per axis;
+    3. colour: brightness, contrast, saturation x U(0.9, 1.1), hue + U(-0.1, 0.1), random order;
+    4. erasing: one rectangle (10-40% of the area, aspect 0.3-3.3) zeroed in every cutout, or
+       in none (kornia's same_on_batch);
+    5. noise: + U(0, NOISE_FAC) (one factor per cutout) x standard normal noise, no clamp.
+
+    Every parameter is drawn from `generator` whether or not its augment applies, so the
+    number of draws is fixed."""
+    cuts = _random_affine(cuts, generator, degrees)
+    cuts = _random_perspective(cuts, generator, distortion)
+    cuts = _color_jitter(cuts, generator)
+    cuts = _random_erasing(cuts, generator)
+    facs = torch.rand(len(cuts), 1, 1, 1, generator=generator) * NOISE_FAC
+    noise = facs * torch.randn(cuts.shape, generator=generator)
+    return cuts + noise.to(cuts.device, cuts.dtype)
+
+
+def _uniform(generator, low, high, *shape):
+    return (torch.rand(shape, generator=generator) * (high - low) + low).tolist()
+
+
+def _per_cutout(cuts, generator, transform) -> torch.Tensor:
+    """transform(cutout, i) on the cutouts drawn with probability AUGMENT_P."""
+    applies = (torch.rand(len(cuts), generator=generator) < AUGMENT_P).tolist()
+    return torch.stack([transform(cut, i) if on else cut for i, (cut, on) in enumerate(zip(cuts, applies))])
+
+
+def _random_affine(cuts, generator, degrees):
+    from torchvision.transforms import InterpolationMode
+    from torchvision.transforms import functional as TF
+
+    n, _, height, width = cuts.shape
+    angles, shears = _uniform(generator, -degrees, degrees, n), _uniform(generator, -5.0, 5.0, n)
+    shifts = list(zip(_uniform(generator, -0.1 * width, 0.1 * width, n),
+                      _uniform(generator, -0.1 * height, 0.1 * height, n)))
+    return _per_cutout(cuts, generator, lambda cut, i: TF.affine(
+        cut, angle=angles[i], translate=list(shifts[i]), scale=1.0, shear=[shears[i], 0.0],
+        interpolation=InterpolationMode.BILINEAR, fill=0.0))
+
+
+def _random_perspective(cuts, generator, distortion):
+    from torchvision.transforms import InterpolationMode
+    from torchvision.transforms import functional as TF
+
+    n, _, height, width = cuts.shape
+    corners = [[0, 0], [width - 1, 0], [width - 1, height - 1], [0, height - 1]]
+    inward = torch.tensor([[1.0, 1.0], [-1.0, 1.0], [-1.0, -1.0], [1.0, -1.0]])
+    reach = torch.tensor([distortion * width / 2, distortion * height / 2])
+    ends = (torch.tensor(corners) + inward * reach * torch.rand(n, 4, 2, generator=generator)).tolist()
+    return _per_cutout(cuts, generator, lambda cut, i: TF.perspective(
+        cut, corners, ends[i], interpolation=InterpolationMode.BILINEAR, fill=0.0))
+
+
+def _color_jitter(cuts, generator):
+    from torchvision.transforms import functional as TF
+
+    n = len(cuts)
+    jitters = (TF.adjust_brightness, TF.adjust_contrast, TF.adjust_saturation, TF.adjust_hue)
+    values = [[*factors, hue] for factors, hue in zip(_uniform(generator, 0.9, 1.1, n, 3),
+                                                       _uniform(generator, -0.1, 0.1, n))]
+    orders = [torch.randperm(len(jitters), generator=generator).tolist() for _ in range(n)]
+
+    def jitter(cut, i):
+        for k in orders[i]:
+            cut = jitters[k](cut, values[i][k])
+        return cut
+    return _per_cutout(cuts, generator, jitter)
+
+
+def _random_erasing(cuts, generator):
+    """One rectangle, zeroed in every cutout (with probability AUGMENT_P) or in none."""
+    _, _, height, width = cuts.shape
+    area, ratio = _uniform(generator, 0.1, 0.4) * height * width, _uniform(generator, 0.3, 1 / 0.3)
+    box_h = min(height, max(1, round((area * ratio) ** 0.5)))
+    box_w = min(width, max(1, round((area / ratio) ** 0.5)))
+    top = int(torch.randint(0, height - box_h + 1, (), generator=generator))
+    left = int(torch.randint(0, width - box_w + 1, (), generator=generator))
+    if torch.rand((), generator=generator) >= AUGMENT_P:
+        return cuts
+    keep = torch.ones(1, 1, height, width, device=cuts.device, dtype=cuts.dtype)
+    keep[..., top:top + box_h, left:left + box_w] = 0
+    return cuts * keep
+
+
 def spherical_distance(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     """2 * arcsin(|a - b| / 2) ** 2 of L2-normalised embeddings (VQGAN+CLIP's Prompt loss),
     a [N, D] against b [1, D] -> [N]."""
     a, b = F.normalize(a, dim=-1), F.normalize(b, dim=-1)
     return (a - b).norm(dim=-1).div(2).clamp(max=1).arcsin().pow(2).mul(2)
+
+
+OPTIMIZERS = {"adam": torch.optim.Adam, "adamw": torch.optim.AdamW}
+
+
+def _choice(params: dict, key: str, choices: tuple[str, ...]) -> str:
+    if params[key] not in choices:
+        raise ValueError(f"{key} must be one of {', '.join(choices)}, got {params[key]!r}")
+    return params[key]
 
 
 def seg_weights(seg_weight, classes: list[int]) -> list[float]:
@@ -303,10 +390,11 @@ def stage1(decoder, clip, deeplab, prompt: str, target_masks: dict, params: dict
     name: bool mask [H, W]}, resized to the image size if needed); returns the image
     decoded from the final latent and the loss history.
 
-    params: height, width, iterations, lr, cutouts, cut_pow, clip_weight, seg_weight.
-    The latent's initial value and every cutout come from torch.Generator("cpu")
-    .manual_seed(seed). The history has iterations + 1 entries: entry i is the loss of
-    the latent after i AdamW steps (the last one is the returned image's) with keys
+    params: height, width, iterations, optimizer (adam | adamw), lr, cutouts, cut_pow,
+    cut_method (make_cutouts), clip_weight, seg_weight. The latent's initial value and
+    every cutout and augmentation come from torch.Generator("cpu").manual_seed(seed). The
+    history has iterations + 1 entries: entry i is the loss of the latent after i optimiser
+    steps (the last one is the returned image's) with keys
     step, loss (the total), clip (unweighted), seg (the weighted sum of the mask terms)
     and seg_<voc class> (each class's unweighted MSE). A decoded image holding NaN or inf
     raises FloatingPointError naming it by `label` (default "image (seed <seed>)").
@@ -316,7 +404,8 @@ def stage1(decoder, clip, deeplab, prompt: str, target_masks: dict, params: dict
     device = decoder.device
     generator = torch.Generator("cpu").manual_seed(int(seed))
     z = decoder.init_latent(height, width, generator).float().to(device).requires_grad_(True)
-    optimizer = torch.optim.AdamW([z], lr=float(params["lr"]))
+    optimizer = OPTIMIZERS[_choice(params, "optimizer", TCIG_OPTIMIZERS)]([z], lr=float(params["lr"]))
+    cut_method = _choice(params, "cut_method", TCIG_CUT_METHODS)
 
     text = clip.encode_texts([prompt]).to(device)  # [1, D], L2-normalised
     cut_size, mean, std = clip_input(clip)
@@ -329,7 +418,7 @@ def stage1(decoder, clip, deeplab, prompt: str, target_masks: dict, params: dict
     names = [VOC_CLASSES[c] for c in classes]
 
     def losses(image):
-        cuts = make_cutouts(image, cut_size, int(params["cutouts"]), float(params["cut_pow"]), generator)
+        cuts = make_cutouts(image, cut_size, int(params["cutouts"]), float(params["cut_pow"]), generator, cut_method)
         embeds = clip.model.encode_image(((cuts - mean) / std).to(clip_dtype)).float()
         clip_loss = spherical_distance(embeds, text).mean()
         loss = clip_weight * clip_loss
@@ -419,8 +508,9 @@ def stage2(pipe, image: Image.Image, prompt: str, strength: float, params: dict,
 # --- one shard job ------------------------------------------------------------------------
 
 def run_shard(config: dict, sd_key: str, clip_key: str, deeplab_key: str, inputs_csv: str,
-              out_dir: str, params: dict) -> pd.DataFrame:
+              out_dir: str, params: dict, vqmodel_key: str | None = None) -> pd.DataFrame:
     """One job: stage 1 + stage 2 for every input row (read_inputs) and sample.
+    `vqmodel_key` names the models entry (kind vqmodel) that decoder vqmodel optimises.
 
     Writes into out_dir (atomically): the final images `<item>_<sample:02d>.png`, the
     stage-1 images `stage1/<item>_<sample:02d>.png` with their loss histories
@@ -433,19 +523,24 @@ def run_shard(config: dict, sd_key: str, clip_key: str, deeplab_key: str, inputs
     check_all_masks(inputs, inputs_csv, height, width, "TCIG")
     device = resolve_device(config)
     dtype = resolve_dtype(config, device)
-    offline = config.get("hub_offline", True)
     n = int(params.get("samples_per_item", 1))
-    models = {key: config["models"][key] for key in (sd_key, clip_key, deeplab_key)}
-    if params.get("decoder") == "vqmodel":
-        models["decoder"] = {"kind": "vqmodel", "source": params.get("decoder_path", ""),
-                             "subfolder": params.get("decoder_subfolder", "")}
+    keys = [sd_key, clip_key, deeplab_key]
+    use_vqmodel = _choice(params, "decoder", DECODERS) == "vqmodel"
+    if use_vqmodel:
+        if not vqmodel_key:
+            raise ValueError("TCIG decoder vqmodel needs vqmodel_key: the method's `vqmodel` setting, a model of "
+                             "kind vqmodel (docs/models.md)")
+        keys.append(vqmodel_key)
+    models = {key: config["models"][key] for key in keys}
     with io.atomic_dir(out_dir) as tmp:
         records = []
         if len(inputs):
+            # The VQGAN first: a missing one fails before SD is loaded.
+            vqmodel = load_model(config, vqmodel_key, device, dtype) if use_vqmodel else None
             pipe = load_model(config, sd_key, device=device, dtype=dtype)
             clip = load_model(config, clip_key, device=device, dtype=dtype)
             deeplab = load_model(config, deeplab_key, device=device, dtype=dtype)
-            decoder = build_decoder(params, pipe, device, dtype, offline)
+            decoder = build_decoder(params, pipe, vqmodel)
             img2img = build_img2img(pipe)
             (tmp / STAGE1_DIR).mkdir()
             for k, (_, row) in enumerate(inputs.iterrows()):

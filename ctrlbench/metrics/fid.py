@@ -215,9 +215,11 @@ def _version() -> str:
 
 def fid_kid(reference_npz, image_npzs: list[str], out_csv, *, model_key: str, antialias: bool,
             kid_subset_size: int = 1000, kid_subsets: int = 100, seed: int = 0,
-            device: str = "cpu") -> pd.DataFrame:
+            device: str = "cpu", reference_name: str | None = None) -> pd.DataFrame:
     """FID and KID of the images in `image_npzs` (a method's shard caches) against the
-    reference statistics `reference_npz`; writes and returns rows with FID_COLUMNS.
+    reference statistics `reference_npz`; writes and returns rows with FID_COLUMNS. Their
+    `reference` is `reference_name`, or by default the name the reference file records
+    (another dataset's real images record "real": the rule names them "real:<dataset>").
 
     FID: torchmetrics FrechetInceptionDistance whose real state is loaded from the
     reference file (computed there by the same metric's update) and whose fake state is
@@ -232,7 +234,8 @@ def fid_kid(reference_npz, image_npzs: list[str], out_csv, *, model_key: str, an
     fake = images["features"]
     n_images, n_reference, d = len(fake), int(ref["n"]), fake.shape[1]
     version = _version()
-    base = {"n_images": n_images, "n_reference": n_reference, "reference": str(ref["reference"]), "scale": "",
+    base = {"n_images": n_images, "n_reference": n_reference, "reference": reference_name or str(ref["reference"]),
+            "scale": "",
             "feature_extractor": images["feature_extractor"] or str(ref.get("feature_extractor", "")),
             "antialias": bool(antialias), "dtype": str(DTYPE).removeprefix("torch.")}
     fid_row = dict(base, metric="fid", std=np.nan, implementation=f"{version} FrechetInceptionDistance",

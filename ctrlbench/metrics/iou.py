@@ -123,8 +123,10 @@ def summarize_iou(values) -> tuple[float, float]:
     return mean_std(array)
 
 
-def run_shard(config: dict, deeplab_key: str, images_dir, out_csv, batch_size: int = 8) -> pd.DataFrame:
-    """IoU of every image of a method's shard; writes `out_csv` (COLUMNS) atomically.
+def run_shard(config: dict, deeplab_key: str, images_dir, out_csv, batch_size: int = 8,
+              metric: str = "iou") -> pd.DataFrame:
+    """IoU of every image of a method's shard; writes `out_csv` (COLUMNS) atomically, rows
+    named `metric` (iou, or iou_held_out for the held-out segmenter: config.iou_metrics).
 
     `images_dir` holds manifest.csv with item_id, sample, image and masks (the JSON list
     of {voc_class, path} that regions.save_item_masks writes); paths are relative to
@@ -157,13 +159,13 @@ def run_shard(config: dict, deeplab_key: str, images_dir, out_csv, batch_size: i
     records = []
     for i, row in enumerate(manifest.itertuples(index=False)):
         score = scores[i]
-        records.append({"item_id": row.item_id, "sample": row.sample, "image": row.image, "metric": "iou",
+        records.append({"item_id": row.item_id, "sample": row.sample, "image": row.image, "metric": metric,
                         "value": score["iou"], "scale": "fraction", "model": deeplab_key, "text_handling": "",
                         "n_objects": score["n_objects"], "per_class": json.dumps(score["per_class"])})
     frame = pd.DataFrame(records, columns=COLUMNS)
     if len(frame):
         mean, std = summarize_iou(frame["value"])
-        log.info("IoU of %d images in %s: %.4f +/- %.4f", len(frame), images_dir, mean, std)
+        log.info("%s (%s) of %d images in %s: %.4f +/- %.4f", metric, deeplab_key, len(frame), images_dir, mean, std)
     io.write_csv(out_csv, frame)
     return frame
 

@@ -42,6 +42,8 @@ AESTHETIC_URL = ("https://github.com/christophschuhmann/improved-aesthetic-predi
                  "(file sac+logos+ava1-l14-linearMSE.pth)")
 INCEPTION_URL = ("https://github.com/toshas/torch-fidelity/releases/download/v0.2.0/"
                  "weights-inception-2015-12-05-6726825d.pth")
+# VQGAN+CLIP's VQGAN (taming-transformers vqgan_imagenet_f16_16384) converted to diffusers.
+VQGAN_HUB_ID = "xvjiarui/taming-vq-f16-n16384"
 _WEIGHT_SUFFIXES = (".pth", ".pt", ".bin", ".safetensors", ".ckpt")
 
 
@@ -205,6 +207,7 @@ _WHAT = {
     "text_embedder": "sentence-transformers model folder (modules.json)",
     "paradiffusion": "ParaDiffusion weights folder (Llama-2-7b-hf/ scheduler/ sdxl-vae-fp16-fix/ "
                      "text_encoder_lora/ unet/)",
+    "vqmodel": f"diffusers VQModel folder (config.json + weights), e.g. the VQGAN+CLIP VQGAN {VQGAN_HUB_ID}",
 }
 
 
@@ -294,11 +297,17 @@ def _load_sd_inpaint(where, device, dtype):
     return _load_pipeline(StableDiffusionInpaintPipeline, where, device, dtype)
 
 
-def _load_controlnet(where, device, dtype):
-    from diffusers import ControlNetModel
+def _load_diffusers_model(cls_name: str):
+    def load(where, device, dtype):
+        import diffusers
 
-    model = _from_pretrained(ControlNetModel, where, "config.json", dtype)
-    return model.to(device).eval().requires_grad_(False)
+        model = _from_pretrained(getattr(diffusers, cls_name), where, "config.json", dtype)
+        return model.to(device).eval().requires_grad_(False)
+    return load
+
+
+_load_controlnet = _load_diffusers_model("ControlNetModel")
+_load_vqmodel = _load_diffusers_model("VQModel")  # TCIG's stage-1 decoder (the VQGAN)
 
 
 # --- open_clip ----------------------------------------------------------------------
@@ -518,6 +527,7 @@ _LOADERS: dict[str, Callable[[_Where, str, Any], Any]] = {
     "causal_lm": _load_causal_lm,
     "text_embedder": _load_text_embedder,
     "paradiffusion": _load_paradiffusion,
+    "vqmodel": _load_vqmodel,
 }
 
 
@@ -528,8 +538,8 @@ def load_model(config: dict, key: str, device: str = "cpu", dtype: torch.dtype =
     controlnet -> ControlNetModel, open_clip -> ClipModel, deeplabv3 -> nn.Module
     ({"out": [N, 21, H, W]}), aesthetic -> AestheticMLP, fid_inception -> nn.Module usable
     as torchmetrics' `feature=`, paradiffusion -> ParaDiffusionWeights (a checked folder whose
-    parts ctrlbench.models.paradiffusion loads). Raises ModelNotFoundError when the model is not on disk
-    (and may not be downloaded).
+    parts ctrlbench.models.paradiffusion loads), vqmodel -> diffusers VQModel (frozen). Raises
+    ModelNotFoundError when the model is not on disk (and may not be downloaded).
     """
     where = _locate(config, key)
     return _LOADERS[where.entry["kind"]](where, device, dtype)

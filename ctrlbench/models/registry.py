@@ -13,7 +13,11 @@ from ..errors import ConfigError
 
 TINY = "tiny"
 MODEL_KINDS = ("sd", "controlnet", "sd_inpaint", "open_clip", "deeplabv3", "aesthetic", "fid_inception",
-               "causal_lm", "text_embedder", "paradiffusion")
+               "causal_lm", "text_embedder", "paradiffusion", "vqmodel")
+# torchvision segmenters that kind deeplabv3 builds (`arch`): each has COCO_WITH_VOC_LABELS_V1
+# weights (21 VOC classes) and the same {"out": logits} output.
+SEGMENTER_ARCHS = ("deeplabv3_resnet50", "deeplabv3_resnet101", "deeplabv3_mobilenet_v3_large",
+                   "fcn_resnet50", "fcn_resnet101")
 
 
 def model_entry(config: dict, key: str) -> dict:

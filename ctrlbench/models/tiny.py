@@ -159,6 +159,22 @@ def _build_deeplab(out: Path) -> None:
                 {"builder": DEEPLAB_BUILDER, "num_classes": loaders.DEEPLAB_NUM_CLASSES})
 
 
+def _build_vqmodel(out: Path) -> None:
+    """The VQGAN f16 layout (five levels, attention at the lowest resolution, as the
+    taming-transformers ImageNet VQGAN converted to diffusers), narrow and with 64 codes."""
+    from diffusers import VQModel
+
+    model = VQModel(
+        in_channels=3, out_channels=3, block_out_channels=(8, 8, 16, 16, 16), layers_per_block=1,
+        down_block_types=("DownEncoderBlock2D",) * 4 + ("AttnDownEncoderBlock2D",),
+        up_block_types=("AttnUpDecoderBlock2D",) + ("UpDecoderBlock2D",) * 4,
+        latent_channels=8, vq_embed_dim=8, num_vq_embeddings=64, norm_num_groups=8, sample_size=64)
+    # diffusers draws the codebook from U(-1/64, 1/64); codes that far apart barely change the
+    # decoded image. Unit-scale codes, like a trained codebook's, make stage 1 see its latent.
+    nn.init.normal_(model.quantize.embedding.weight)
+    model.save_pretrained(str(out), safe_serialization=True)
+
+
 def _build_aesthetic(out: Path) -> None:
     model = loaders.AestheticMLP(input_dim=OPEN_CLIP_CFG["embed_dim"])
     torch.save(model.state_dict(), out / loaders.AESTHETIC_WEIGHTS)
@@ -202,6 +218,7 @@ _BUILDERS = {
     "causal_lm": _build_causal_lm,
     "text_embedder": _build_text_embedder,
     "paradiffusion": _build_paradiffusion,
+    "vqmodel": _build_vqmodel,
 }
 
 

@@ -99,7 +99,10 @@ PAPER_CLIP_SCALE = {"mmm2025": PAPER_SCALE}
 
 COLUMNS = ["paper_row", "dataset", "metric", "paper", "paper_std", "ours_mean", "ours_std", "ours_best_of_n",
            "ours_n_images", "ours_method", "status", "note"]
-HELD_OUT_SUFFIX = "_held_out"  # metrics of the held-out CLIP (metrics.clip_score), shown below their own
+HELD_OUT_SUFFIX = "_held_out"  # metrics of a held-out scorer, shown below their own
+# What scored a held-out line: the second segmenter for IoU, else the second CLIP.
+HELD_OUT_NOTES = {"iou": "held-out segmenter (evaluation.iou.held_out)"}
+HELD_OUT_CLIP_NOTE = "held-out CLIP (evaluation.clip.held_out)"
 
 
 def paper_table(paper: str, summary_csv: str, out_csv: str, rows: dict, datasets: dict[str, str],
@@ -112,8 +115,8 @@ def paper_table(paper: str, summary_csv: str, out_csv: str, rows: dict, datasets
     configured" (no method mapped to the row), "not reproducible" (a reference row whose
     setting the public material does not define, unmapped), "not run" (no results for
     it) or "other scale" (our CLIP scale differs from the paper's, so the numbers do not
-    compare). A t_sim / i_sim line is followed by its held-out CLIP line (t_sim_held_out,
-    no paper number) when the summary has one for that run."""
+    compare). A t_sim / i_sim / iou line is followed by its held-out scorer's line
+    (t_sim_held_out, iou_held_out: no paper number) when the summary has one for that run."""
     import pandas as pd
 
     from .. import io
@@ -142,7 +145,7 @@ def paper_table(paper: str, summary_csv: str, out_csv: str, rows: dict, datasets
                 held_out = _ours(summary, ref, dataset, metric + HELD_OUT_SUFFIX)
                 if held_out["status"] == "ok":
                     out.append({**record, **held_out, "metric": metric + HELD_OUT_SUFFIX, "paper": math.nan,
-                                "paper_std": math.nan, "note": "held-out CLIP (evaluation.clip.held_out): "
+                                "paper_std": math.nan, "note": f"{HELD_OUT_NOTES.get(metric, HELD_OUT_CLIP_NOTE)}: "
                                                                "no paper number"})
     table = pd.DataFrame(out, columns=COLUMNS)
     io.write_csv(out_csv, table)
