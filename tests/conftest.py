@@ -51,3 +51,15 @@ def fake_inception_weights(tmp_path, monkeypatch):
     path = tmp_path / "weights-inception-2015-12-05-6726825d.pth"
     torch.save(state, path)
     return path
+
+
+def dry_run(workdir, config: dict, targets: list[str]):
+    """`snakemake -n` of `targets` with `config` (written to <workdir>/c.yaml): the
+    CompletedProcess (its stdout lists every planned job with its wildcards and inputs)."""
+    import subprocess
+    import sys
+
+    (Path(workdir) / "c.yaml").write_text(yaml.safe_dump(config))
+    return subprocess.run([sys.executable, "-m", "snakemake", "-n", "--cores", "1", "--snakefile",
+                           str(ROOT / "Snakefile"), "--configfile", str(Path(workdir) / "c.yaml"),
+                           "--directory", str(workdir), *targets], capture_output=True, text=True)

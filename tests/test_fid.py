@@ -203,6 +203,20 @@ def test_another_datasets_photos_are_named_as_the_reference(tmp_path):
     assert named["value"].tolist() == default["value"].tolist()  # the name changes, not the numbers
 
 
+def test_another_datasets_photos_in_the_dag(tmp_path, default_config):
+    """reference real:coco for the strokes: their FID reads COCO's real reference statistics,
+    built by COCO's own reference job (the label real:coco: the test above)."""
+    from conftest import dry_run
+
+    default_config["evaluation"]["fid"]["reference"]["strokes"] = "real:coco"
+    default_config["results_dir"] = str(tmp_path / "results")
+    out = dry_run(tmp_path, default_config, [f"{tmp_path}/results/metrics/strokes/sdedit/strength=0.6/fid/set.csv"])
+    assert out.returncode == 0, out.stderr[-3000:]
+    fid_kid_job = out.stdout.split("rule fid_kid:")[1].split("rule ")[0]
+    assert "results/cache/fid/fid/coco/reference/real.npz" in fid_kid_job
+    assert "wildcards: model=fid, dataset=coco, reference=real" in out.stdout
+
+
 def test_reference_must_match_the_images(tmp_path):
     rng = np.random.default_rng(7)
     real = write_cache(tmp_path / "real.npz", rng.normal(size=(10, 4)), antialias=True)

@@ -241,6 +241,27 @@ def test_a_held_out_scorer_is_its_own_metric(tmp_path, monkeypatch):
     assert held["ours_mean"] == 0.5 and np.isnan(held["paper"]) and "held-out segmenter" in held["note"]
 
 
+def test_held_out_segmenter_in_the_dag(tmp_path, default_config):
+    """With evaluation.iou.held_out, each region run gets an iou_held_out job on the second
+    model, beside its iou job; without it, there is no such target (dry runs of the demo)."""
+    from conftest import dry_run
+
+    config = default_config
+    config["models"]["deeplab2"] = {"kind": "deeplabv3", "source": "tiny"}
+    config["evaluation"]["iou"]["held_out"] = "deeplab2"
+    config["results_dir"] = str(tmp_path / "results")
+    targets = [f"{tmp_path}/results/metrics/coco/tcig/default/{folder}/shard-000.csv"
+               for folder in ("iou", "iou_held_out")]
+    out = dry_run(tmp_path, config, targets)
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert "iou_metric=iou_held_out" in out.stdout and "results/models/tiny/deeplab2" in out.stdout
+    counts = {line.split()[0]: int(line.split()[1]) for line in out.stdout.splitlines()
+              if len(line.split()) == 2 and line.split()[1].isdigit()}
+    assert counts.get("iou") == 2, out.stdout
+    del config["evaluation"]["iou"]["held_out"]
+    assert dry_run(tmp_path, config, targets[1:]).returncode != 0  # no held-out scorer, no such metric
+
+
 def test_run_shard_with_the_tiny_deeplab(tmp_path):
     from ctrlbench.models.loaders import load_model
     from ctrlbench.models.tiny import build_tiny
