@@ -302,6 +302,7 @@ def toy_config() -> dict:
     config["datasets"] = {"cub": config["datasets"]["cub"]}
     config["methods"] = {"sd": {**config["methods"]["sd_template"], "datasets": ["cub"]}}
     config["evaluation"]["clip"]["long_text"] = ["truncate"]
+    config["evaluation"]["clip"]["prompts"] = "template"  # one prompt set (the demo scores descriptions)
     for metric in ("fid", "aesthetic"):
         config["evaluation"].pop(metric)
     config.pop("report")

@@ -56,6 +56,7 @@ def sd_only_config():
     config["datasets"] = {"cub": config["datasets"]["cub"]}
     config["methods"] = {"sd": {**config["methods"]["sd_template"], "datasets": ["cub"]}}
     config["evaluation"]["clip"]["long_text"] = ["truncate"]  # short template prompts: one chunk anyway
+    config["evaluation"]["clip"]["prompts"] = "template"  # one prompt set (the demo scores descriptions)
     for metric in ("fid", "aesthetic"):  # the full demo covers them; these tests count t_sim/i_sim jobs
         config["evaluation"].pop(metric)
     config.pop("report")
