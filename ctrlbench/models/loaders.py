@@ -380,6 +380,11 @@ def _load_open_clip(where, device, dtype) -> ClipModel:
 # --- torchvision DeepLabV3 ------------------------------------------------------------
 
 def build_deeplab(builder: str, num_classes: int) -> nn.Module:
+    """A torchvision segmentation builder by name, or "toy_fcn" (the toy world's segmenter)."""
+    if builder == "toy_fcn":
+        from .toy_fcn import ToyFCN
+
+        return ToyFCN(num_classes)
     from torchvision import models
 
     return models.get_model(builder, weights=None, weights_backbone=None,
