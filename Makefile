@@ -9,7 +9,7 @@ CORES ?= 2
 GPU_SLOTS ?= $(shell n=$$(nvidia-smi -L 2>/dev/null | grep -c '^GPU'); [ "$${n:-0}" -gt 0 ] && echo $$n || echo $(CORES))
 STAMP := $(VENV)/.ctrlbench-installed
 
-.PHONY: demo test lint venv clean browser
+.PHONY: demo test lint venv clean browser toyworld-train
 
 venv: $(STAMP)
 
@@ -32,6 +32,11 @@ browser:
 
 test: $(STAMP) browser
 	$(VENV)/bin/python -m pytest -q -rs --durations=15
+
+# Train the toy world's models from scratch (about an hour on 2 CPU cores; docs/toyworld.md).
+# The trained weights are committed: the demo and the tests never run this.
+toyworld-train: $(STAMP)
+	$(VENV)/bin/python -m ctrlbench.toyworld.train --out ctrlbench/toyworld/weights
 
 lint: $(STAMP)
 	$(VENV)/bin/snakemake --lint

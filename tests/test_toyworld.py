@@ -1,0 +1,101 @@
+"""The toy world (ctrlbench/toyworld): scenes, their text and masks, and its training code."""
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from ctrlbench.toyworld import scenes
+
+
+def test_scenes_are_deterministic_and_varied():
+    a, b = scenes.scene_for(3, 17), scenes.scene_for(3, 17)
+    assert a == b and np.array_equal(np.asarray(scenes.render(a)), np.asarray(scenes.render(b)))
+    assert scenes.scene_for(3, 18) != a and scenes.scene_for(4, 17) != a
+    drawn = [scenes.scene_for(0, i) for i in range(400)]
+    counts = np.bincount([len(s.objects) for s in drawn], minlength=5)
+    assert counts[0] == 0 and (counts[1:] > 60).all()  # 1-4 objects, each count common
+    assert {o.shape for s in drawn for o in s.objects} == set(scenes.SHAPES)
+    assert {o.color for s in drawn for o in s.objects} == set(scenes.COLORS)
+    assert {o.size for s in drawn for o in s.objects} == set(scenes.SIZES)
+    assert {s.background for s in drawn} == set(scenes.BACKGROUNDS)
+    with pytest.raises(ValueError, match="1-4 objects"):
+        scenes.scene_for(0, 0, n_objects=5)
+
+
+def test_masks_match_the_render_and_never_overlap():
+    for index in range(30):
+        scene = scenes.scene_for(1, index)
+        image = np.asarray(scenes.render(scene), np.int64)
+        masks = scenes.instance_masks(scene)
+        assert masks.shape == (len(scene.objects), 64, 64) and masks.any(axis=(1, 2)).all()
+        assert masks.sum(0).max() == 1  # disjoint
+        for obj, mask in zip(scene.objects, masks):
+            inside = image[mask & ~_edge(mask)]
+            assert np.abs(inside - scenes.COLORS[obj.color]).max() <= 1, (index, obj)
+        background = image[~masks.any(0) & ~_edge(masks.any(0))]
+        assert np.abs(background - scenes.BACKGROUNDS[scene.background]).max() <= 1
+
+
+def _edge(mask):
+    """Pixels next to the mask's border (antialiased there)."""
+    padded = np.pad(mask, 1, mode="edge")
+    shifted = [padded[1 + dy:65 + dy, 1 + dx:65 + dx] for dy in (-1, 0, 1) for dx in (-1, 0, 1)]
+    return np.any([s != mask for s in shifted], axis=0)
+
+
+def test_caption_names_every_object_and_paragraphs_are_long():
+    from ctrlbench.models.clip_tokenizer import build_clip_tokenizer
+
+    scene = scenes.Scene("white", (scenes.ToyObject("circle", "red", "small", 0.2, 0.5),
+                                   scenes.ToyObject("square", "orange", "large", 0.7, 0.4)))
+    assert scene.caption() == "a red circle left of an orange square on a white background"
+    assert "a small red circle in the left part" in scene.paragraph()
+    tokenizer = build_clip_tokenizer(__import__("tempfile").mkdtemp())
+    for index in range(40):
+        scene = scenes.scene_for(2, index)
+        assert all(o.name in scene.caption() for o in scene.objects)
+        if len(scene.objects) >= 3:
+            assert len(tokenizer(scene.paragraph()).input_ids) > 77, scene.paragraph()
+
+
+def test_stroke_painting_is_a_blurred_flat_version_of_the_scene():
+    scene = scenes.scene_for(5, 2)
+    painting = np.asarray(scenes.stroke_painting(scene, seed=1), np.float64)
+    render = np.asarray(scenes.render(scene), np.float64)
+    assert painting.shape == render.shape
+    assert np.abs(painting - render).mean() < 30  # the same layout and colours, roughly
+    assert np.array_equal(painting, np.asarray(scenes.stroke_painting(scene, seed=1), np.float64))
+    assert not np.array_equal(painting, np.asarray(scenes.stroke_painting(scene, seed=2), np.float64))
+
+
+def test_class_maps_label_each_object_with_its_shape():
+    from ctrlbench.toyworld.train import SEGMENTER_CLASSES, class_maps
+
+    scene = scenes.scene_for(0, 3)
+    maps = class_maps([scene])[0].numpy()
+    for obj, mask in zip(scene.objects, scenes.instance_masks(scene)):
+        assert (maps[mask] == SEGMENTER_CLASSES.index(obj.shape)).all()
+    assert (maps[~scenes.instance_masks(scene).any(0)] == 0).all()
+
+
+@pytest.mark.parametrize("model", ["vae", "sd", "clip", "segmenter"])
+def test_a_few_training_steps_lower_the_loss(tmp_path, model):
+    """Each trainer, from scratch for a few steps of its real loop (small batches): the loss
+    of the last steps is below that of the first ones. The vae is trained first where sd needs it."""
+    import pandas as pd
+
+    from ctrlbench.toyworld import train
+
+    steps = {"vae": 16, "sd": 16, "clip": 16, "segmenter": 12}[model]
+    overrides = {"vae": {"batch_size": 8}, "sd": {"batch_size": 16, "n_latents": 256, "warmup": 1},
+                 "clip": {"batch_size": 32, "warmup": 1}, "segmenter": {"batch_size": 8}}
+    if model == "sd":
+        train.train("vae", tmp_path, {**train.SETTINGS["vae"], "steps": 2, "batch_size": 4})
+    entry = train.train(model, tmp_path, {**train.SETTINGS[model], "steps": steps, **overrides[model]})
+    history = pd.read_csv(tmp_path / model / "history.csv")
+    assert len(history) == steps
+    first, last = history["loss"][:3].mean(), history["loss"][-3:].mean()
+    assert last < first, history["loss"].tolist()
+    assert all(len(f["sha256"]) == 64 for f in entry["files"].values())
