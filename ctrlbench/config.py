@@ -19,6 +19,7 @@ from . import paramsets
 from .errors import ConfigError
 from .methods.registry import METHOD_DEFAULTS, PARAMETER_CHOICES
 from .models.registry import SEGMENTER_ARCHS
+from .models.vocabulary import VOC, segmenter_vocabulary
 
 SCHEMA_PATH = Path(__file__).resolve().parent.parent / "schemas" / "config.schema.yaml"
 
@@ -262,6 +263,9 @@ def check_references(config: dict) -> None:
         if "layout" in entry and entry["format"] != "flowers":
             raise ConfigError(f"datasets.{name}.layout: only flowers datasets have two on-disk layouts; "
                               f"this one is {entry['format']}")
+        if "target_classes" in entry and entry["format"] != "coco":
+            raise ConfigError(f"datasets.{name}.target_classes: only coco datasets have object categories to name "
+                              f"target masks by; this one is {entry['format']}")
         region_filter = entry.get("region_filter") or {}
         if region_filter.get("min_objects", 2) > region_filter.get("max_objects", 4):
             raise ConfigError(f"datasets.{name}.region_filter: min_objects {region_filter['min_objects']} > "
@@ -274,6 +278,7 @@ def check_references(config: dict) -> None:
             if iou["held_out"] == iou["model"]:
                 raise ConfigError(f"evaluation.iou.held_out: '{iou['held_out']}' is evaluation.iou.model itself; "
                                   f"a held-out scorer must be another segmenter")
+    _check_segmenter_vocabularies(config)
     aesthetic = config.get("evaluation", {}).get("aesthetic")
     if aesthetic:
         _check_model(config, aesthetic["model"], "evaluation.aesthetic.model", ("aesthetic",))
@@ -313,6 +318,39 @@ def check_references(config: dict) -> None:
             if row not in PAPERS[paper]:
                 raise ConfigError(f"report.papers.{paper}: unknown row '{row}' (rows: {', '.join(PAPERS[paper])})")
         paper_rows(config, paper)
+
+
+def target_classes(config: dict, dataset: str) -> str:
+    """What a coco dataset's target masks are named by (methods/regions.py, TARGET_CLASSES):
+    "voc" (the default: Pascal VOC classes) or "categories" (its own category names)."""
+    return config["datasets"][dataset].get("target_classes", "voc")
+
+
+def _check_segmenter_vocabularies(config: dict) -> None:
+    """Every segmenter that sees a dataset's VOC targets (TCIG's guide, the IoU scorers)
+    must know every VOC object class. A dataset named by its own categories is checked
+    against the segmenters by the jobs, which read its categories (the config cannot)."""
+    datasets = config.get("datasets", {})
+    scorers = [(f"evaluation.iou.{'model' if metric == 'iou' else 'held_out'}", key)
+               for metric, key in iou_metrics(config).items()]
+    for name, method in config.get("methods", {}).items():
+        if method["kind"] not in REGION_KINDS:
+            continue
+        segmenters = scorers + ([(f"methods.{name}.segmenter", method["segmenter"])]
+                                if method["kind"] == "tcig" else [])
+        for dataset in method["datasets"]:
+            if datasets[dataset]["format"] != "coco" or target_classes(config, dataset) != "voc":
+                continue
+            for where, key in segmenters:
+                vocabulary = segmenter_vocabulary(config, key)  # None: its folder is not there yet
+                missing = [c for c in VOC.objects if vocabulary is not None and c not in vocabulary]
+                if missing:
+                    others = f" (nor {len(missing) - 1} other VOC classes)" if len(missing) > 1 else ""
+                    raise ConfigError(
+                        f"{where}: segmenter '{key}' ({vocabulary.name}: {vocabulary.describe()}) has no class "
+                        f"'{missing[0]}'{others}, a target class of dataset '{dataset}' (methods.{name}): "
+                        f"datasets.{dataset}.target_classes is voc, the Pascal VOC classes. A dataset whose categories "
+                        f"are the segmenter's own class names needs datasets.{dataset}.target_classes: categories")
 
 
 def paper_rows(config: dict, paper: str) -> dict[str, str | dict[str, str]]:

@@ -138,7 +138,7 @@ def read_table(path, columns=(), what: str = "table") -> pd.DataFrame:
 
 
 # Manifest columns holding a path relative to a folder (the shard folder; ControlNet's
-# base_image: the base shard folder), and `masks`, a JSON list of {voc_class, path}.
+# base_image: the base shard folder), and `masks`, a JSON list of {class, path}.
 MANIFEST_PATH_COLUMNS = ("image", "base_image", "canny", "stage1_image", "background", "panorama",
                          "selected_image")
 

@@ -91,6 +91,7 @@ rule generate_tcig:
         clip_key=lambda wc: CONFIG["methods"][wc.method]["clip"],
         segmenter_key=lambda wc: CONFIG["methods"][wc.method]["segmenter"],
         vqmodel_key=lambda wc: CONFIG["methods"][wc.method].get("vqmodel"),
+        target_classes=lambda wc: cb_config.target_classes(CONFIG, wc.dataset),
         models=method_models,
         runtime=runtime(),
     wildcard_constraints:
@@ -143,6 +144,7 @@ rule generate_regions:
         params=paramset_params,
         model_key=lambda wc: CONFIG["methods"][wc.method]["model"],
         inpaint_key=lambda wc: CONFIG["methods"][wc.method].get("inpaint"),
+        target_classes=lambda wc: cb_config.target_classes(CONFIG, wc.dataset),
         models=method_models,
         runtime=runtime(),
     wildcard_constraints:

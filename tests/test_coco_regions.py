@@ -17,7 +17,7 @@ from ctrlbench.data.items import prepare_items
 from ctrlbench.data.toy import make_toy_coco
 from ctrlbench.errors import ConfigError, DatasetError, InputError
 from ctrlbench.methods.regions import item_masks
-from ctrlbench.methods.segmentation import COCO_TO_VOC
+from ctrlbench.methods.segmentation import COCO_TO_VOC, VOC_CLASSES
 
 # pycocotools' decode trips a numpy 2 deprecation warning that is not ours to fix
 pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning:pycocotools")
@@ -138,11 +138,11 @@ def test_the_two_readings_differ_on_an_image_with_one_tiny_mask(toy_items):
     # the region methods' masks (regions.item_masks) follow the row's objects: the tiny
     # object's class is neither generated nor saved for IoU; the unfiltered row still has it
     row = by_mask.set_index("item_id", drop=False).loc[IDS[11]]
-    masks = item_masks(row, Path("."), 64, 64, "test")
-    assert sorted(masks) == sorted(COCO_TO_VOC[o["category"]] for o in left)
-    assert COCO_TO_VOC[tiny[0]["category"]] not in masks
+    masks = item_masks(row, Path("."), 64, 64, "test")  # keyed by VOC class name
+    assert sorted(masks) == sorted(VOC_CLASSES[COCO_TO_VOC[o["category"]]] for o in left)
+    assert VOC_CLASSES[COCO_TO_VOC[tiny[0]["category"]]] not in masks
     full = item_masks(toy_items.set_index("item_id", drop=False).loc[IDS[11]], Path("."), 64, 64, "test")
-    assert COCO_TO_VOC[tiny[0]["category"]] in full
+    assert VOC_CLASSES[COCO_TO_VOC[tiny[0]["category"]]] in full
 
 
 def test_masks_of_listed_objects_only(toy_items):

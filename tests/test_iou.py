@@ -149,14 +149,16 @@ def test_one_std_from_per_image_iou_to_the_paper_table_and_the_page(tmp_path):
 # --- run_shard ---------------------------------------------------------------------------------
 
 def write_shard(out_dir, rows: list[tuple[str, int, Image.Image, dict]]) -> None:
-    """A method's output folder: images/, masks/ and manifest.csv, as the methods write them."""
+    """A method's output folder: images/, masks/ and manifest.csv, as the methods write them
+    (masks keyed by class name; the rows here give VOC indices)."""
     (out_dir / "images").mkdir(parents=True)
     records = []
     for item, sample, image, masks in rows:
         name = f"images/{item}_{sample:02d}.png"
         image.save(out_dir / name)
+        named = {VOC_CLASSES[c] if isinstance(c, int) else c: m for c, m in masks.items()}
         records.append({"item_id": item, "sample": sample, "image": name,
-                        "masks": save_item_masks(out_dir, item, masks)})
+                        "masks": save_item_masks(out_dir, item, named)})
     pd.DataFrame(records).to_csv(out_dir / "manifest.csv", index=False)
 
 

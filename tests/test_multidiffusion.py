@@ -307,8 +307,8 @@ def test_run_regions_shard_explicit_masks(config, tmp_path):
     assert list(saved["seed"]) == [3, 4, 3, 4] and saved["prompt"][0] == "a photo of a, best quality"
     assert json.loads(saved["region_prompts"][0]) == ["a photo of a dog", "a photo of a person"]   # VOC order
     assert json.loads(saved["region_prompts"][2]) == ["a photo of a tv"]
-    assert json.loads(saved["masks"][0]) == [{"voc_class": "dog", "path": "masks/a_dog.png"},
-                                             {"voc_class": "person", "path": "masks/a_person.png"}]
+    assert json.loads(saved["masks"][0]) == [{"class": "dog", "path": "masks/a_dog.png"},
+                                             {"class": "person", "path": "masks/a_person.png"}]
     assert saved["source_image"][2] == "images/b.jpg" and saved["class_name"][2] == "b"
     with Image.open(out / "masks/a_person.png") as image:
         assert np.array_equal(np.asarray(image) > 0, np.kron(box(2, 2, 12, 8, (16, 16)), np.ones((4, 4), bool)))

@@ -195,8 +195,8 @@ def test_driver_edits_each_mask_in_voc_order_on_the_previous_image(config, tmp_p
     assert list(saved["background"]) == [f"backgrounds/{n}" for n in saved["image"]]
     assert saved["prompt"][0] == "a photo of a, high quality"
     assert json.loads(saved["region_prompts"][0]) == ["a photo of a cat", "a photo of a dog"]
-    assert json.loads(saved["masks"][0]) == [{"voc_class": "cat", "path": "masks/a_cat.png"},
-                                             {"voc_class": "dog", "path": "masks/a_dog.png"}]
+    assert json.loads(saved["masks"][0]) == [{"class": "cat", "path": "masks/a_cat.png"},
+                                             {"class": "dog", "path": "masks/a_dog.png"}]
     assert saved["source_image"][2] == "images/b.jpg" and saved["class_name"][2] == "b"
     # edit 1 gets the saved background, edit 2 edit 1's output; the final image is edit 2's
     assert np.array_equal(calls[0]["image"], pixels(out / "backgrounds/a_00.png"))

@@ -337,12 +337,12 @@ def test_run_shard_writes_stage1_final_and_manifest(config, tmp_path, caplog):
         assert row.stage1_final_loss == pytest.approx(history["loss"].iloc[-1])
         assert row.source_image == f"images/{row.item_id}.jpg" and row.prompt == f"a photo of {row.item_id}"
     masks = json.loads(saved["masks"][0])
-    assert masks == [{"voc_class": "dog", "path": "masks/a_dog.png"},
-                     {"voc_class": "person", "path": "masks/a_person.png"}]
+    assert masks == [{"class": "dog", "path": "masks/a_dog.png"},
+                     {"class": "person", "path": "masks/a_person.png"}]
     upsampled = np.kron(box_mask(2, 2, 12, 12, size=(16, 16)), np.ones((4, 4), bool))  # nearest, x4
     with Image.open(out / "masks/a_person.png") as image:
         assert np.array_equal(np.asarray(image) > 0, upsampled)
-    assert json.loads(saved["masks"][2]) == [{"voc_class": "tvmonitor", "path": "masks/b_tvmonitor.png"}]
+    assert json.loads(saved["masks"][2]) == [{"class": "tvmonitor", "path": "masks/b_tvmonitor.png"}]
     with Image.open(out / "a_00.png") as final, Image.open(out / "stage1/a_00.png") as first:
         assert not np.array_equal(np.asarray(final), np.asarray(first))
     record = json.loads((out / "params.json").read_text())
@@ -388,10 +388,10 @@ def test_run_shard_coco_items_and_vqmodel_decoder(config, tmp_path):
             voc = seg.VOC_CLASSES[seg.COCO_TO_VOC[category]]
             expected[voc] = expected.get(voc, False) | mask
         listed = json.loads(row.masks)
-        assert sorted(m["voc_class"] for m in listed) == sorted(expected)
+        assert sorted(m["class"] for m in listed) == sorted(expected)
         for m in listed:
             with Image.open(tmp_path / "out" / m["path"]) as image:
-                assert np.array_equal(np.asarray(image) > 0, expected[m["voc_class"]])
+                assert np.array_equal(np.asarray(image) > 0, expected[m["class"]])
         assert row.source_image == item.image
     record = json.loads((tmp_path / "out" / "params.json").read_text())
     assert record["model"]["vqgan"] == {"kind": "vqmodel", "source": "tiny"}

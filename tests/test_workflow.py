@@ -402,7 +402,7 @@ def test_region_methods_iou_table_and_panoramas_in_the_demo(mmm2025_demo):
     masks = {name: read_manifests(results, "coco", name).set_index("item_id")["masks"]
              for name in ("tcig", "multidiffusion", "si", "bld")}
     for item in items["item_id"]:
-        listed = {name: sorted(m["voc_class"] for m in json.loads(masks[name][item])) for name in masks}
+        listed = {name: sorted(m["class"] for m in json.loads(masks[name][item])) for name in masks}
         assert len({tuple(v) for v in listed.values()}) == 1, listed
     si, bld = read_manifests(results, "coco", "si"), read_manifests(results, "coco", "bld")
     for a, b in zip(si.sort_values("item_id").itertuples(), bld.sort_values("item_id").itertuples()):

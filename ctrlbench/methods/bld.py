@@ -117,11 +117,13 @@ def make_edit(pipe, params: dict) -> region_editing.Edit:
 
 
 def run_shard(config: dict, sd_key: str, inputs_csv: str, out_dir: str, params: dict,
-              inpaint_key: str | None = None) -> pd.DataFrame:
+              inpaint_key: str | None = None, target_classes: str = "voc") -> pd.DataFrame:
     """One job: for every item and sample, the background prompt's SD image, then a BLD
-    edit of each mask (VOC-index order) on the same SD model. `inpaint_key` is not used
-    (BLD needs no inpainting model); it is accepted so SI and BLD share a call."""
+    edit of each mask (class order, region_editing) on the same SD model. `inpaint_key` is
+    not used (BLD needs no inpainting model); it is accepted so SI and BLD share a call.
+    `target_classes`: the dataset's (regions.TARGET_CLASSES)."""
     if inpaint_key:
         log.info("BLD: inpaint_key %s is not used (BLD edits with the SD model %s)", inpaint_key, sd_key)
     return region_editing.run_shard(config, METHOD, sd_key, inputs_csv, out_dir, params,
-                                    make_edit=lambda pipes, p: make_edit(pipes[sd_key], p))
+                                    make_edit=lambda pipes, p: make_edit(pipes[sd_key], p),
+                                    target_classes=target_classes)

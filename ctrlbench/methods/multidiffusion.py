@@ -376,11 +376,12 @@ def read_prompts(prompts_csv) -> pd.DataFrame:
     return prompts
 
 
-def _record_params(tmp: Path, kind: str, config: dict, sd_key: str, params: dict, device, dtype, n: int) -> None:
+def _record_params(tmp: Path, kind: str, config: dict, sd_key: str, params: dict, device, dtype, n: int,
+                   **extra) -> None:
     io.write_json(tmp / "params.json", io.provenance(
         method=kind, params=params, model={sd_key: config["models"][sd_key]}, device=device, dtype=str(dtype),
         text_handling=TEXT_HANDLING, scheduler="DDIMScheduler", torch_threads=torch.get_num_threads(),
-        n_items=n))
+        n_items=n, **extra))
 
 
 def run_panorama_shard(config: dict, sd_key: str, prompts_csv: str, out_dir: str, params: dict) -> pd.DataFrame:
@@ -423,37 +424,42 @@ def run_panorama_shard(config: dict, sd_key: str, prompts_csv: str, out_dir: str
     return manifest
 
 
-def item_regions(row, base_dir: Path, params: dict, factor: int = 8) -> tuple[dict[int, np.ndarray], list[str], str]:
-    """({VOC index: bool mask} in VOC order, region prompts, background prompt) of one input row.
+def item_regions(row, base_dir: Path, params: dict, factor: int = 8,
+                 target_classes: str = "voc") -> tuple[dict[str, np.ndarray], list[str], str]:
+    """({class name: bool mask} in class order (regions.class_order), region prompts,
+    background prompt) of one input row; `target_classes` names the classes (regions).
 
     A class whose mask vanishes at the latent size raises InputError for explicit masks;
     for COCO items it is dropped with a warning (as regions.item_masks drops classes that
     vanish at the image size), and an item left with none raises.
     """
     height, width = int(params["height"]), int(params["width"])
-    masks = region_inputs.item_masks(row, base_dir, height, width, METHOD)
+    masks = region_inputs.item_masks(row, base_dir, height, width, METHOD, target_classes)
     explicit = "masks" in row.index and str(row["masks"]).strip() != ""
     kept = {}
-    for index in sorted(masks):
-        if latent_masks(torch.from_numpy(masks[index]).float()[None], factor).any():
-            kept[index] = masks[index]
+    for name in region_inputs.class_order(masks, target_classes):
+        if latent_masks(torch.from_numpy(masks[name]).float()[None], factor).any():
+            kept[name] = masks[name]
             continue
-        message = (f"{METHOD} item {row['item_id']}: mask of class {region_inputs.class_label(index)} is empty at "
-                   f"the latent size {width // factor}x{height // factor}")
+        message = (f"{METHOD} item {row['item_id']}: mask of class {region_inputs.class_label(name, target_classes)} "
+                   f"is empty at the latent size {width // factor}x{height // factor}")
         if explicit:
             raise InputError(message)
         log.warning("%s: class dropped", message)
     if not kept:
         raise InputError(f"{METHOD} item {row['item_id']}: every mask is empty at the latent size")
-    region_prompts = [params["region_prompt"].format(**{"class": region_inputs.class_label(i)}) for i in kept]
+    region_prompts = [params["region_prompt"].format(**{"class": region_inputs.class_label(name, target_classes)})
+                      for name in kept]
     return kept, region_prompts, params["background_prompt"].format(prompt=row["prompt"])
 
 
-def run_regions_shard(config: dict, sd_key: str, inputs_csv: str, out_dir: str, params: dict) -> pd.DataFrame:
+def run_regions_shard(config: dict, sd_key: str, inputs_csv: str, out_dir: str, params: dict,
+                      target_classes: str = "voc") -> pd.DataFrame:
     """One job: region-based MultiDiffusion for every input row (regions.read_inputs) and sample.
 
-    Writes `<item>_<sample:02d>.png`, the masks used `masks/<item>_<voc class>.png` (at the
+    Writes `<item>_<sample:02d>.png`, the masks used `masks/<item>_<class>.png` (at the
     image size), params.json and manifest.csv last, atomically. Sample k uses seed + k.
+    `target_classes` names the items' classes (regions.TARGET_CLASSES: the dataset's setting).
     """
     inputs_csv = Path(inputs_csv)
     inputs = region_inputs.read_inputs(inputs_csv, METHOD)
@@ -465,7 +471,7 @@ def run_regions_shard(config: dict, sd_key: str, inputs_csv: str, out_dir: str, 
             io.safe_name(row["item_id"])
         except ValueError as error:
             raise InputError(f"{METHOD} inputs table {inputs_csv}: {error}") from None
-        item_regions(row, inputs_csv.parent, params)
+        item_regions(row, inputs_csv.parent, params, target_classes=target_classes)
     device = resolve_device(config)
     dtype = resolve_dtype(config, device)
     n = int(params["samples_per_item"])
@@ -476,7 +482,7 @@ def run_regions_shard(config: dict, sd_key: str, inputs_csv: str, out_dir: str, 
             cache: dict = {}
             for k, (_, row) in enumerate(inputs.iterrows()):
                 masks, region_prompts, background = item_regions(row, inputs_csv.parent, params,
-                                                                 pipe.vae_scale_factor)
+                                                                 pipe.vae_scale_factor, target_classes)
                 cache = _embeddings(pipe, [background, *region_prompts], params["negative_prompt"], cache)
                 mask_files = region_inputs.save_item_masks(tmp, row["item_id"], masks)
                 stack = np.stack(list(masks.values()))
@@ -492,6 +498,7 @@ def run_regions_shard(config: dict, sd_key: str, inputs_csv: str, out_dir: str, 
                                     "source_image": row.get("image", ""), "masks": mask_files})
                 log.info("MultiDiffusion regions: %d/%d items done", k + 1, len(inputs))
         manifest = pd.DataFrame(records, columns=REGIONS_COLUMNS)
-        _record_params(tmp, "multidiffusion_regions", config, sd_key, params, device, dtype, len(inputs))
+        _record_params(tmp, "multidiffusion_regions", config, sd_key, params, device, dtype, len(inputs),
+                       target_classes=target_classes)
         io.write_csv(tmp / "manifest.csv", manifest)
     return manifest

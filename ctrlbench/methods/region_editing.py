@@ -5,9 +5,11 @@ Both are editing methods, so each COCO item is made in two phases:
   1. the background: plain SD text-to-image of the background prompt
      (params["background_prompt"] with {prompt} = the item's caption), DDIM
      num_inference_steps, from a CPU generator seeded with seed + sample;
-  2. the edits: each target mask in turn, in VOC-index order, is edited with its region
-     prompt (params["region_prompt"] with {class} = the class name) by the method's edit
-     function; edit k works on the output of edit k - 1.
+  2. the edits: each target mask in turn, in class order (regions.class_order: VOC-index
+     order for VOC targets, by name for a dataset's own categories), is edited with its
+     region prompt (params["region_prompt"] with {class} = the readable class name,
+     regions.class_label) by the method's edit function; edit k works on the output of
+     edit k - 1.
 
 The generator of phase 1 is passed on to every edit, so the background is the same for
 SI and BLD (it is the generator's first draw) and each edit draws fresh noise.
@@ -38,7 +40,7 @@ from ..config import resolve_device, resolve_dtype
 from ..errors import ConfigError, InputError
 from ..models.loaders import load_model
 from ..prompts.long_prompt import TEXT_HANDLING
-from .regions import class_label, item_masks, read_inputs, save_item_masks
+from .regions import class_label, class_order, item_masks, read_inputs, save_item_masks
 from .sd import encode_prompts
 from .sdedit import ddim_scheduler
 
@@ -70,9 +72,9 @@ def prompt_cached_edit(pipe, params: dict, edit_with_embeds: Callable) -> Edit:
 
 # --- prompts and masks --------------------------------------------------------------------
 
-def region_prompt(params: dict, index: int) -> str:
-    """The region prompt of VOC class `index`: params["region_prompt"] with {class}."""
-    return params["region_prompt"].format(**{"class": class_label(index)})
+def region_prompt(params: dict, name: str, target_classes: str = "voc") -> str:
+    """The region prompt of target class `name`: params["region_prompt"] with {class}."""
+    return params["region_prompt"].format(**{"class": class_label(name, target_classes)})
 
 
 def background_prompt(params: dict, prompt: str) -> str:
@@ -90,9 +92,9 @@ def check_templates(params: dict, method: str) -> None:
                               f"{{{next(iter(fields))}}} may be used ({type(exc).__name__}: {exc})") from None
 
 
-def ordered_masks(masks: dict[int, np.ndarray]) -> list[tuple[int, np.ndarray]]:
-    """(VOC index, mask) in VOC-index order: the order of the edits."""
-    return sorted(masks.items(), key=lambda item: item[0])
+def ordered_masks(masks: dict[str, np.ndarray], target_classes: str = "voc") -> list[tuple[str, np.ndarray]]:
+    """(class name, mask) in class order (regions.class_order): the order of the edits."""
+    return [(name, masks[name]) for name in class_order(masks, target_classes)]
 
 
 # --- the two phases -------------------------------------------------------------------------
@@ -122,7 +124,7 @@ def generate_background(pipe, prompt: str, params: dict, generator: torch.Genera
     return finite_pil(pipe.image_processor, pixels, ["background"], "background generation")[0]
 
 
-def edit_regions(background: Image.Image, masks: list[tuple[int, np.ndarray]], prompts: list[str],
+def edit_regions(background: Image.Image, masks: list[tuple[str, np.ndarray]], prompts: list[str],
                  edit: Edit, generator: torch.Generator) -> Image.Image:
     """Phase 2: apply `edit` to each (mask, prompt) in turn, each on the previous output."""
     image = background
@@ -134,12 +136,13 @@ def edit_regions(background: Image.Image, masks: list[tuple[int, np.ndarray]], p
 # --- one shard job ---------------------------------------------------------------------------
 
 def run_shard(config: dict, method: str, sd_key: str, inputs_csv, out_dir, params: dict,
-              make_edit: MakeEdit, edit_keys: tuple[str, ...] = ()) -> pd.DataFrame:
+              make_edit: MakeEdit, edit_keys: tuple[str, ...] = (), target_classes: str = "voc") -> pd.DataFrame:
     """One job of an editing baseline (`method`: "si" or "bld").
 
     `sd_key` names the SD model of the backgrounds; `edit_keys` the other models the edits
     need. Every model is loaded once; `make_edit({key: pipeline}, params)` builds the edit
-    function. Writes the files listed in the module docstring; returns the manifest.
+    function. `target_classes` names the items' classes (regions.TARGET_CLASSES: the
+    dataset's setting). Writes the files listed in the module docstring; returns the manifest.
     """
     name = method.upper()
     inputs_csv = Path(inputs_csv)
@@ -149,7 +152,7 @@ def run_shard(config: dict, method: str, sd_key: str, inputs_csv, out_dir, param
     # Every mask (and item id) is checked before a model is loaded: a bad one fails fast.
     for _, row in inputs.iterrows():
         _safe(row["item_id"], name)
-        item_masks(row, inputs_csv.parent, height, width, name)
+        item_masks(row, inputs_csv.parent, height, width, name, target_classes)
     device = resolve_device(config)
     dtype = resolve_dtype(config, device)
     keys = list(dict.fromkeys((sd_key, *edit_keys)))
@@ -163,8 +166,9 @@ def run_shard(config: dict, method: str, sd_key: str, inputs_csv, out_dir, param
             (tmp / BACKGROUND_DIR).mkdir()
             for done, (_, row) in enumerate(inputs.iterrows(), start=1):
                 item = row["item_id"]
-                masks = ordered_masks(item_masks(row, inputs_csv.parent, height, width, name))
-                prompts = [region_prompt(params, index) for index, _ in masks]
+                masks = ordered_masks(item_masks(row, inputs_csv.parent, height, width, name, target_classes),
+                                      target_classes)
+                prompts = [region_prompt(params, class_name, target_classes) for class_name, _ in masks]
                 prompt = background_prompt(params, row["prompt"])
                 mask_files = save_item_masks(tmp, item, dict(masks))
                 for sample in range(n):
@@ -188,6 +192,7 @@ def run_shard(config: dict, method: str, sd_key: str, inputs_csv, out_dir, param
         io.write_json(tmp / "params.json", io.provenance(
             method=method, params=params, model={key: config["models"][key] for key in keys},
             device=device, dtype=str(dtype), text_handling=TEXT_HANDLING, scheduler="DDIMScheduler",
+            target_classes=target_classes,
             torch_threads=torch.get_num_threads(), n_items=len(inputs)))
         io.write_csv(tmp / "manifest.csv", manifest)
     return manifest

@@ -64,10 +64,11 @@ def make_edit(inpaint_pipe, params: dict) -> region_editing.Edit:
 
 
 def run_shard(config: dict, sd_key: str, inputs_csv: str, out_dir: str, params: dict,
-              inpaint_key: str | None = None) -> pd.DataFrame:
+              inpaint_key: str | None = None, target_classes: str = "voc") -> pd.DataFrame:
     """One job: for every item and sample, the background prompt's SD image (model
-    `sd_key`), then an SI edit of each mask (VOC-index order) with the inpainting model
-    `inpaint_key` (kind sd_inpaint; required)."""
+    `sd_key`), then an SI edit of each mask (class order, region_editing) with the
+    inpainting model `inpaint_key` (kind sd_inpaint; required). `target_classes`: the
+    dataset's (regions.TARGET_CLASSES)."""
     if not inpaint_key:
         raise ConfigError("SI needs inpaint_key: the config key of a model of kind sd_inpaint "
                           "(methods.<name>.inpaint)")
@@ -79,4 +80,4 @@ def run_shard(config: dict, sd_key: str, inputs_csv: str, out_dir: str, params: 
                           f"SI needs kind {INPAINT_KIND}")
     return region_editing.run_shard(config, METHOD, sd_key, inputs_csv, out_dir, params,
                                     make_edit=lambda pipes, p: make_edit(pipes[inpaint_key], p),
-                                    edit_keys=(inpaint_key,))
+                                    edit_keys=(inpaint_key,), target_classes=target_classes)

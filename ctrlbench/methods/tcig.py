@@ -2,7 +2,8 @@
 
 Stage 1 optimises the latent z of a pretrained image decoder so that the decoded image
 matches the prompt (CLIP spherical distance on random cutouts, as in VQGAN+CLIP) and,
-for each target class c, DeepLabV3's probability of c matches the target mask:
+for each target class c, the segmenter's probability of c matches the target mask (c
+is a channel of the segmenter's vocabulary: VOC for DeepLabV3, a folder's own classes):
 
     L(z) = clip_weight * L_clip(decode(z), prompt) + sum_c seg_weight_c * MSE(p_c(decode(z)), mask_c)
 
@@ -35,11 +36,12 @@ from .. import io
 from ..batching import check_finite_images, finite_pil
 from ..config import resolve_device, resolve_dtype
 from ..models.loaders import load_model
+from ..models.vocabulary import ClassVocabulary, segmenter_vocabulary
 from ..prompts.long_prompt import TEXT_HANDLING
 # read_inputs, item_masks and MASK_DIR are re-exported: TCIG's inputs are the shared region inputs.
 from .regions import MASK_DIR, check_all_masks, item_masks, read_inputs, resize_mask, save_item_masks  # noqa: F401
 from .registry import TCIG_CUT_METHODS, TCIG_DECODERS, TCIG_DEFAULTS, TCIG_OPTIMIZERS  # noqa: F401
-from .segmentation import VOC_CLASSES, segment_probs, voc_index
+from .segmentation import VOC, check_segmenter_classes, model_vocabulary, segment_probs
 
 log = logging.getLogger(__name__)
 
@@ -355,9 +357,10 @@ def _choice(params: dict, key: str, choices: tuple[str, ...]) -> str:
     return params[key]
 
 
-def seg_weights(seg_weight, classes: list[int]) -> list[float]:
-    """Weight of each target class: one number for all, or a dict keyed by VOC/COCO class
-    name or index, with an optional "default" (1.0 when absent) for classes not listed."""
+def seg_weights(seg_weight, classes: list[int], vocabulary: ClassVocabulary = VOC) -> list[float]:
+    """Weight of each target class (channels of `vocabulary`): one number for all, or a dict
+    keyed by class name or index in the segmenter's vocabulary (VOC: VOC or COCO names), with
+    an optional "default" (1.0 when absent) for classes not listed."""
     if not isinstance(seg_weight, dict):
         return [float(seg_weight)] * len(classes)
     by_class, default = {}, 1.0
@@ -365,19 +368,25 @@ def seg_weights(seg_weight, classes: list[int]) -> list[float]:
         if key == "default":
             default = float(value)
         else:
-            by_class[voc_index(key)] = float(value)
+            by_class[vocabulary.index(key)] = float(value)
     return [by_class.get(c, default) for c in classes]
 
 
-def _targets(target_masks: dict, height: int, width: int, device) -> tuple[list[int], torch.Tensor]:
+def _targets(target_masks: dict, height: int, width: int, device,
+             vocabulary: ClassVocabulary) -> tuple[list[int], torch.Tensor]:
     classes, masks = [], []
     for key, mask in target_masks.items():
-        index = voc_index(key)
+        try:
+            index = vocabulary.index(key)
+        except KeyError as error:
+            raise ValueError(f"target class {key!r} is not a class of the segmenter: {error.args[0]}") from None
+        if index == 0:
+            raise ValueError(f"target class {key!r} is the background, not a {vocabulary.name} object class")
         if index in classes:
-            raise ValueError(f"target class {VOC_CLASSES[index]} is given twice")
+            raise ValueError(f"target class {vocabulary.names[index]} is given twice")
         if np.asarray(mask.cpu() if isinstance(mask, torch.Tensor) else mask).shape != (height, width):
             log.warning("target mask of class %s is %s, resized (nearest) to %dx%d",
-                        VOC_CLASSES[index], tuple(np.shape(mask)), height, width)
+                        vocabulary.names[index], tuple(np.shape(mask)), height, width)
         classes.append(index)
         masks.append(torch.from_numpy(resize_mask(mask, height, width)).float())
     stacked = torch.stack(masks) if masks else torch.zeros(0, height, width)
@@ -386,9 +395,10 @@ def _targets(target_masks: dict, height: int, width: int, device) -> tuple[list[
 
 def stage1(decoder, clip, deeplab, prompt: str, target_masks: dict, params: dict,
            seed: int, label: str | None = None) -> tuple[Image.Image, list[dict]]:
-    """Optimise the decoder latent for `prompt` and `target_masks` ({VOC class index or
-    name: bool mask [H, W]}, resized to the image size if needed); returns the image
-    decoded from the final latent and the loss history.
+    """Optimise the decoder latent for `prompt` and `target_masks` ({class name or index in
+    the segmenter's vocabulary (segmentation.model_vocabulary; VOC: VOC or COCO names): bool
+    mask [H, W]}, resized to the image size if needed); returns the image decoded from the
+    final latent and the loss history.
 
     params: height, width, iterations, optimizer (adam | adamw), lr, cutouts, cut_pow,
     cut_method (make_cutouts), clip_weight, seg_weight. The latent's initial value and
@@ -396,9 +406,9 @@ def stage1(decoder, clip, deeplab, prompt: str, target_masks: dict, params: dict
     history has iterations + 1 entries: entry i is the loss of the latent after i optimiser
     steps (the last one is the returned image's) with keys
     step, loss (the total), clip (unweighted), seg (the weighted sum of the mask terms)
-    and seg_<voc class> (each class's unweighted MSE). A decoded image holding NaN or inf
-    raises FloatingPointError naming it by `label` (default "image (seed <seed>)").
-    """
+    and seg_<class> (each class's unweighted MSE, by the vocabulary's own name). A decoded
+    image holding NaN or inf raises FloatingPointError naming it by `label` (default
+    "image (seed <seed>)")."""
     decoder = as_decoder(decoder)
     height, width = int(params["height"]), int(params["width"])
     device = decoder.device
@@ -412,10 +422,11 @@ def stage1(decoder, clip, deeplab, prompt: str, target_masks: dict, params: dict
     mean = torch.tensor(mean, device=device).view(1, 3, 1, 1)
     std = torch.tensor(std, device=device).view(1, 3, 1, 1)
     clip_dtype = next(clip.model.parameters()).dtype
-    classes, masks = _targets(target_masks, height, width, device)
-    weights = torch.tensor(seg_weights(params["seg_weight"], classes), device=device)
+    vocabulary = model_vocabulary(deeplab)
+    classes, masks = _targets(target_masks, height, width, device, vocabulary)
+    weights = torch.tensor(seg_weights(params["seg_weight"], classes, vocabulary), device=device)
     clip_weight = float(params["clip_weight"])
-    names = [VOC_CLASSES[c] for c in classes]
+    names = [vocabulary.names[c] for c in classes]
 
     def losses(image):
         cuts = make_cutouts(image, cut_size, int(params["cutouts"]), float(params["cut_pow"]), generator, cut_method)
@@ -508,19 +519,24 @@ def stage2(pipe, image: Image.Image, prompt: str, strength: float, params: dict,
 # --- one shard job ------------------------------------------------------------------------
 
 def run_shard(config: dict, sd_key: str, clip_key: str, deeplab_key: str, inputs_csv: str,
-              out_dir: str, params: dict, vqmodel_key: str | None = None) -> pd.DataFrame:
+              out_dir: str, params: dict, vqmodel_key: str | None = None,
+              target_classes: str = "voc") -> pd.DataFrame:
     """One job: stage 1 + stage 2 for every input row (read_inputs) and sample.
     `vqmodel_key` names the models entry (kind vqmodel) that decoder vqmodel optimises.
+    `target_classes` names the items' target classes (regions.TARGET_CLASSES: the dataset's
+    setting); every one must be a class of the segmenter `deeplab_key`, checked before any
+    model loads.
 
     Writes into out_dir (atomically): the final images `<item>_<sample:02d>.png`, the
     stage-1 images `stage1/<item>_<sample:02d>.png` with their loss histories
     `stage1/<item>_<sample:02d>_loss.csv`, the target masks at the image size
-    `masks/<item>_<voc class>.png`, params.json, and manifest.csv last.
+    `masks/<item>_<class>.png`, params.json, and manifest.csv last.
     """
     inputs_csv = Path(inputs_csv)
     inputs = read_inputs(inputs_csv)
     height, width = int(params["height"]), int(params["width"])
-    check_all_masks(inputs, inputs_csv, height, width, "TCIG")
+    targets = check_all_masks(inputs, inputs_csv, height, width, "TCIG", target_classes)
+    check_segmenter_classes(targets, segmenter_vocabulary(config, deeplab_key), deeplab_key, "TCIG")
     device = resolve_device(config)
     dtype = resolve_dtype(config, device)
     n = int(params.get("samples_per_item", 1))
@@ -545,7 +561,7 @@ def run_shard(config: dict, sd_key: str, clip_key: str, deeplab_key: str, inputs
             (tmp / STAGE1_DIR).mkdir()
             for k, (_, row) in enumerate(inputs.iterrows()):
                 safe = io.safe_name(row["item_id"])
-                masks = item_masks(row, inputs_csv.parent, height, width)
+                masks = item_masks(row, inputs_csv.parent, height, width, target_classes=target_classes)
                 mask_files = save_item_masks(tmp, row["item_id"], masks)
                 for sample in range(n):
                     seed = int(params["seed"]) + sample
@@ -565,6 +581,7 @@ def run_shard(config: dict, sd_key: str, clip_key: str, deeplab_key: str, inputs
         manifest = pd.DataFrame(records, columns=MANIFEST_COLUMNS)
         io.write_json(tmp / "params.json", io.provenance(
             method="tcig", params=params, model=models, device=device, dtype=str(dtype),
+            target_classes=target_classes,
             text_handling={"stage1_clip": "open_clip tokenizer (truncated at its context length)",
                            "stage2_sd": TEXT_HANDLING},
             torch_threads=torch.get_num_threads(), n_items=len(inputs)))

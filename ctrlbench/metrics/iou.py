@@ -1,9 +1,12 @@
 """Mask IoU of generated images (MultiDiffusion's and TCIG's region metric; docs/metrics.md).
 
-DeepLabV3 labels every pixel of a generated image with its most probable Pascal VOC
-class (argmax over the 21 channels, background included). For each target mask of the
-image (one per VOC class: objects of one class are already united in the manifest,
-since a semantic segmenter cannot tell them apart):
+The segmenter labels every pixel of a generated image with its most probable class
+(argmax over its channels, background included): DeepLabV3 over the 21 Pascal VOC
+classes, a segmenter folder over the `classes` of its json (the toy world's shapes). A
+target mask is named by its class (the manifest's `masks`), which the segmenter's
+vocabulary maps to its channel c (segmentation.model_vocabulary; VOC also knows COCO's
+names). For each target mask of the image (one per class: objects of one class are
+already united in the manifest, since a semantic segmenter cannot tell them apart):
 
     IoU_c = |pred == c  AND  mask_c| / |pred == c  OR  mask_c|
 
@@ -30,8 +33,8 @@ from PIL import Image
 
 from .. import io
 from ..errors import InputError
-from ..methods.regions import load_manifest_masks
-from ..methods.segmentation import NUM_VOC_CLASSES, VOC_CLASSES, segment_probs
+from ..methods.regions import is_background, load_manifest_masks
+from ..methods.segmentation import VOC, ClassVocabulary, check_segmenter_classes, model_vocabulary, segment_probs
 from ..stats import mean_std
 from .embeddings import open_rgb
 
@@ -46,8 +49,9 @@ MANIFEST_COLUMNS = ("item_id", "sample", "image", "masks")
 
 
 def predict_classes(deeplab, images: list[Image.Image]) -> np.ndarray:
-    """int64 [N, H, W]: DeepLabV3's argmax VOC class per pixel of same-size images,
-    segmented at their own size (segmentation.segment_probs, no gradient)."""
+    """int64 [N, H, W]: the segmenter's argmax channel (class of its vocabulary) per pixel
+    of same-size images, segmented at their own size (segmentation.segment_probs, which
+    checks the channel count against the vocabulary; no gradient)."""
     sizes = {image.size for image in images}
     if len(sizes) != 1:
         raise ValueError(f"predict_classes needs images of one size, got {sorted(sizes)}")
@@ -55,45 +59,49 @@ def predict_classes(deeplab, images: list[Image.Image]) -> np.ndarray:
                          for image in images]).permute(0, 3, 1, 2)
     with torch.no_grad():
         probs = segment_probs(deeplab, batch)
-    if probs.shape[1] != NUM_VOC_CLASSES:
-        raise ValueError(f"the segmentation model gives {probs.shape[1]} classes, expected the "
-                         f"{NUM_VOC_CLASSES} Pascal VOC classes")
     return probs.argmax(dim=1).cpu().numpy()
 
 
-def class_ious(prediction: np.ndarray, masks: dict[int, np.ndarray]) -> dict[int, float]:
-    """{VOC index: IoU of (prediction == index) with its mask} for one image.
+def class_ious(prediction: np.ndarray, masks: dict[int, np.ndarray],
+               vocabulary: ClassVocabulary = VOC) -> dict[int, float]:
+    """{channel: IoU of (prediction == channel) with its mask} for one image.
 
-    prediction: int [H, W] class map; masks: {VOC index 1-20: bool [H, W]}, non-empty.
+    prediction: int [H, W] channel map; masks: {object channel of `vocabulary` (1 and up):
+    bool [H, W]}, non-empty.
     """
     out = {}
     for index, mask in masks.items():
-        if not 1 <= index < NUM_VOC_CLASSES:  # 0 is the background, not an object
-            raise ValueError(f"target class index {index} is not a VOC object class (1-{NUM_VOC_CLASSES - 1})")
+        if not 1 <= index < len(vocabulary.names):  # 0 is the background, not an object
+            raise ValueError(f"target class index {index} is not a {vocabulary.name} object class "
+                             f"(1-{len(vocabulary.names) - 1})")
+        name = vocabulary.names[index]
         mask = np.asarray(mask, dtype=bool)
         if mask.shape != prediction.shape:
-            raise ValueError(f"mask of class {_name(index)} is {mask.shape}, the prediction {prediction.shape}")
+            raise ValueError(f"mask of class {name} is {mask.shape}, the prediction {prediction.shape}")
         if not mask.any():
             # Never 0/0: an object without pixels is not an object (see the module docstring).
-            raise ValueError(f"mask of class {_name(index)} is empty: IoU is undefined")
+            raise ValueError(f"mask of class {name} is empty: IoU is undefined")
         predicted = prediction == index
         out[index] = float((predicted & mask).sum() / (predicted | mask).sum())
     return out
 
 
-def iou_scores(deeplab, images: list[Image.Image], masks: list[dict[int, np.ndarray]],
-               batch_size: int = 8) -> list[dict]:
+def iou_scores(deeplab, images: list[Image.Image], masks: list[dict], batch_size: int = 8) -> list[dict]:
     """Per image {"iou": mean over its classes, "n_objects": number of target classes,
-    "per_class": {VOC class name: IoU}}, in input order.
+    "per_class": {class name: IoU}} (the vocabulary's own names, in channel order), in
+    input order.
 
-    masks[i] is image i's {VOC index: bool [H, W]} (all one size, at least one class).
+    masks[i] is image i's {class: bool [H, W]} (all one size, at least one class), a class
+    being a name or a channel index in the segmenter's vocabulary (model_vocabulary).
     Images of another size are resized (bicubic) to their masks' size; images of equal
-    size go through DeepLabV3 together, batch_size at a time.
+    size go through the segmenter together, batch_size at a time.
     """
     if len(images) != len(masks):
         raise ValueError(f"iou_scores: {len(images)} images but {len(masks)} mask sets")
     if batch_size < 1:
         raise ValueError(f"iou_scores: batch_size must be >= 1, got {batch_size}")
+    vocabulary = model_vocabulary(deeplab)
+    masks = [_by_channel(targets, vocabulary, i) for i, targets in enumerate(masks)]
     sized: list[Image.Image] = []
     groups: dict[tuple[int, int], list[int]] = {}
     for i, (image, targets) in enumerate(zip(images, masks)):
@@ -108,10 +116,25 @@ def iou_scores(deeplab, images: list[Image.Image], masks: list[dict[int, np.ndar
             chunk = indices[start:start + batch_size]
             predictions = predict_classes(deeplab, [sized[i] for i in chunk])
             for i, prediction in zip(chunk, predictions):
-                ious = class_ious(prediction, masks[i])
+                ious = class_ious(prediction, masks[i], vocabulary)
                 results[i] = {"iou": float(np.mean(list(ious.values()))), "n_objects": len(ious),
-                              "per_class": {VOC_CLASSES[c]: value for c, value in sorted(ious.items())}}
+                              "per_class": {vocabulary.names[c]: value for c, value in sorted(ious.items())}}
     return results  # type: ignore[return-value]
+
+
+def _by_channel(targets: dict, vocabulary: ClassVocabulary, where) -> dict[int, np.ndarray]:
+    """One image's {class name or channel: mask} -> {channel: mask}."""
+    out = {}
+    for key, mask in targets.items():
+        try:
+            index = vocabulary.index(key)
+        except KeyError as error:
+            raise ValueError(f"image {where}: target class {key!r} is not a class of the segmenter: "
+                             f"{error.args[0]}") from None
+        if index in out:
+            raise ValueError(f"image {where}: target class {vocabulary.names[index]} is given twice")
+        out[index] = mask
+    return out
 
 
 def summarize_iou(values) -> tuple[float, float]:
@@ -129,16 +152,21 @@ def run_shard(config: dict, deeplab_key: str, images_dir, out_csv, batch_size: i
     named `metric` (iou, or iou_held_out for the held-out segmenter: config.iou_metrics).
 
     `images_dir` holds manifest.csv with item_id, sample, image and masks (the JSON list
-    of {voc_class, path} that regions.save_item_masks writes); paths are relative to
-    images_dir. Every mask is read and checked before the model is loaded.
+    of {class, path} that regions.save_item_masks writes; `voc_class` in older manifests);
+    paths are relative to images_dir. Every mask is read and checked before the model is
+    loaded; every target class is checked against the model's vocabulary before any image
+    is scored (InputError naming the class and `deeplab_key`).
     """
     from ..config import resolve_device, resolve_dtype
     from ..models.loaders import load_model
 
     images_dir = Path(images_dir)
     manifest = io.read_manifest(images_dir, MANIFEST_COLUMNS, what="IoU: manifest")
-    sizes = [_target_size(_read_masks(images_dir, row.item_id, row.masks), row.item_id)
-             for row in manifest.itertuples(index=False)]
+    sizes, classes = [], set()
+    for row in manifest.itertuples(index=False):
+        masks = _read_masks(images_dir, row.item_id, row.masks)
+        sizes.append(_target_size(masks, row.item_id))
+        classes.update(masks)
     if manifest.empty:  # nothing to score: no reason to load the model
         frame = pd.DataFrame(columns=COLUMNS)
         io.write_csv(out_csv, frame)
@@ -146,6 +174,7 @@ def run_shard(config: dict, deeplab_key: str, images_dir, out_csv, batch_size: i
     device = resolve_device(config)
     deeplab = load_model(config, deeplab_key, device, resolve_dtype(config, device))
     deeplab.eval()
+    check_segmenter_classes(classes, model_vocabulary(deeplab), deeplab_key, "IoU")
     # Rows of one mask size together, so each DeepLab batch holds one image size.
     order = sorted(range(len(manifest)), key=lambda i: sizes[i])
     scores: dict[int, dict] = {}
@@ -170,7 +199,7 @@ def run_shard(config: dict, deeplab_key: str, images_dir, out_csv, batch_size: i
     return frame
 
 
-def _read_masks(images_dir: Path, item: str, masks_json: str) -> dict[int, np.ndarray]:
+def _read_masks(images_dir: Path, item: str, masks_json: str) -> dict[str, np.ndarray]:
     """One manifest row's masks, checked: at least one, none empty, none background, one size."""
     try:
         masks = load_manifest_masks(images_dir, masks_json)
@@ -178,11 +207,11 @@ def _read_masks(images_dir: Path, item: str, masks_json: str) -> dict[int, np.nd
         raise InputError(f"IoU: item {item} in {images_dir / 'manifest.csv'}: cannot read its masks: {error}") from None
     if not masks:
         raise InputError(f"IoU: item {item} in {images_dir / 'manifest.csv'} has no target mask")
-    for index, mask in masks.items():
-        if index == 0:
+    for name, mask in masks.items():
+        if is_background(name):
             raise InputError(f"IoU: item {item}: a mask of the background class is not an object")
         if not mask.any():
-            raise InputError(f"IoU: item {item}: mask of class {VOC_CLASSES[index]} is empty")
+            raise InputError(f"IoU: item {item}: mask of class {name} is empty")
     try:
         _target_size(masks, item)
     except ValueError as error:
@@ -190,7 +219,7 @@ def _read_masks(images_dir: Path, item: str, masks_json: str) -> dict[int, np.nd
     return masks
 
 
-def _target_size(masks: dict[int, np.ndarray], where) -> tuple[int, int]:
+def _target_size(masks: dict, where) -> tuple[int, int]:
     """(height, width) shared by one image's masks."""
     if not masks:
         raise ValueError(f"image {where}: no target mask")
@@ -202,6 +231,3 @@ def _target_size(masks: dict[int, np.ndarray], where) -> tuple[int, int]:
         raise ValueError(f"image {where}: masks must be 2-D [H, W], got {shape}")
     return shape
 
-
-def _name(index: int) -> str:
-    return VOC_CLASSES[index] if 0 <= index < NUM_VOC_CLASSES else str(index)

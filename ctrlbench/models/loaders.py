@@ -23,10 +23,10 @@ from torch import nn
 
 from ..errors import ModelNotFoundError
 from .registry import is_tiny, model_entry, model_source
+from .vocabulary import DEEPLAB_JSON, NUM_VOC_CLASSES, VOC, read_folder_vocabulary
 
 # --- files and markers shared with tiny.py -----------------------------------------
 
-DEEPLAB_JSON = "deeplabv3.json"          # {"builder", "num_classes"} next to model.safetensors
 FID_JSON = "fid_features.json"           # {"arch", "num_features", "image_size"}
 FID_WEIGHTS = "fid_features.safetensors"
 AESTHETIC_WEIGHTS = "aesthetic_mlp.pth"  # same key names as the LAION .pth
@@ -34,7 +34,7 @@ OPEN_CLIP_CONFIG = "open_clip_config.json"
 TINY_MARKER = "ctrlbench_tiny.json"      # {"kind", "seed", "note"}: written last by build_tiny
 
 DEFAULT_DEEPLAB_ARCH = "deeplabv3_resnet50"
-DEEPLAB_NUM_CLASSES = 21  # Pascal VOC classes (COCO_WITH_VOC_LABELS_V1)
+DEEPLAB_NUM_CLASSES = NUM_VOC_CLASSES  # torchvision's COCO_WITH_VOC_LABELS_V1 weights
 INCEPTION_FEATURES = 2048
 
 # Where to get each real model (used in ModelNotFoundError messages).
@@ -392,14 +392,17 @@ def build_deeplab(builder: str, num_classes: int) -> nn.Module:
 
 
 def _load_deeplab(where, device, dtype):
+    """The segmenter, with `class_names`: its output channels' classes (models/vocabulary.py)."""
     from safetensors.torch import load_file
 
     path = Path(where.source)
-    if path.is_dir():  # library format: model.safetensors + a json naming the builder
+    if path.is_dir():  # library format: model.safetensors + a json naming the builder (and classes)
+        vocabulary = read_folder_vocabulary(path, where.key)
         spec = json.loads((path / DEEPLAB_JSON).read_text())
         model = build_deeplab(spec["builder"], spec["num_classes"])
         state = load_file(path / "model.safetensors")
     else:
+        vocabulary = VOC
         builder = where.entry.get("arch", DEFAULT_DEEPLAB_ARCH)
         model = build_deeplab(builder, DEEPLAB_NUM_CLASSES)
         file = path if where.local else _torchvision_weights_file(where, builder)
@@ -407,6 +410,7 @@ def _load_deeplab(where, device, dtype):
         # The released weights include the auxiliary head; we build without it.
         state = {k: v for k, v in state.items() if not k.startswith("aux_classifier.")}
     model.load_state_dict(state)
+    model.class_names = vocabulary.names
     return model.to(device, dtype).eval().requires_grad_(False)
 
 
@@ -541,7 +545,8 @@ def load_model(config: dict, key: str, device: str = "cpu", dtype: torch.dtype =
 
     Returns: sd -> StableDiffusionPipeline, sd_inpaint -> StableDiffusionInpaintPipeline,
     controlnet -> ControlNetModel, open_clip -> ClipModel, deeplabv3 -> nn.Module
-    ({"out": [N, 21, H, W]}), aesthetic -> AestheticMLP, fid_inception -> nn.Module usable
+    ({"out": [N, C, H, W]}, with `class_names`: C names, background first; VOC's 21 for
+    torchvision weights), aesthetic -> AestheticMLP, fid_inception -> nn.Module usable
     as torchmetrics' `feature=`, paradiffusion -> ParaDiffusionWeights (a checked folder whose
     parts ctrlbench.models.paradiffusion loads), vqmodel -> diffusers VQModel (frozen). Raises
     ModelNotFoundError when the model is not on disk (and may not be downloaded).

@@ -7,7 +7,7 @@ Columns, left to right (a column is left out when no row of the grid has an imag
   base            ControlNet's `base_image` (relative to the base folder that the shard's
                   params.json names as `base_dir`; the shard folder when it names none)
   canny           ControlNet's `canny` control map
-  masks           the region masks (`masks`: JSON list of {voc_class, path}) drawn as one
+  masks           the region masks (`masks`: JSON list of {class, path}) drawn as one
                   colour map, one fixed colour per mask in list order
   then per output slot k = 0 .. max_samples-1:
   stage1 k        TCIG's `stage1_image` of that sample
