@@ -72,9 +72,32 @@ rule image_grids:
         "../scripts/image_grids.py"
 
 
+# The toy world's claims (docs/toyworld.md): each paper's claim checked with the trained toy
+# models, when the config has a `claims` section.
+CLAIMS = CONFIG.get("claims") or {}
+
+
+rule claims:
+    output:
+        f"{RESULTS}/tables/claims.csv",
+    params:
+        settings=CLAIMS,
+        device=CONFIG["device"],
+    threads: 2
+    resources:
+        gpu=1,
+    conda:
+        CONDA_ENV
+    log:
+        f"{RESULTS}/logs/claims.log",
+    script:
+        "../scripts/claims.py"
+
+
 rule html_report:
     input:
         summary=summary_table(),
+        claims=[f"{RESULTS}/tables/claims.csv"] if CLAIMS else [],
         papers=paper_tables(),
         plots=f"{RESULTS}/report/plots",
         grids=[f"{RESULTS}/report/grids/{dataset}" for dataset in run_datasets()],

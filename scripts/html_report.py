@@ -4,4 +4,5 @@ from ctrlbench.report.html import write_site_report
 i, p = snakemake.input, snakemake.params
 with logged(snakemake.log[0]):
     write_site_report(snakemake.output[0], summary_csv=i.summary, paper_tables=p.papers, plots_dir=i.plots,
-                      grid_dirs=list(i.grids), title=p.title, config_files=p.config_files)
+                      grid_dirs=list(i.grids), title=p.title, config_files=p.config_files,
+                      claims_csv=i.get("claims"))

@@ -67,25 +67,28 @@ footer table { font-size: 1em; }
 
 
 def write_report(out_html, *, summary_csv, paper_tables: dict[str, str], plots_csv: str | None,
-                 grids: list[str], title: str = "ctrlbench report", provenance: dict | None = None) -> None:
+                 grids: list[str], title: str = "ctrlbench report", provenance: dict | None = None,
+                 claims_csv: str | None = None) -> None:
     """Write the report page to `out_html` (atomically).
 
     `summary_csv`: results/tables/summary.csv; `paper_tables`: {paper: paper_<paper>.csv};
     `plots_csv`: CSV of sweep plots (path, dataset, method, metric, param; a relative path
     is taken from the CSV's folder) or None; `grids`: grid images, each with a sidecar CSV
-    (same path, `.csv`: row, item_id, prompt, columns); `provenance`: shown in the footer.
+    (same path, `.csv`: row, item_id, prompt, columns); `provenance`: shown in the footer;
+    `claims_csv`: the toy world's claims table (toyworld.claims), a "Claims" section first.
     Empty inputs give sections that say "none"; a listed file that is missing or unusable
     raises InputError naming it."""
     io.write_text(out_html, render_report(summary_csv=summary_csv, paper_tables=paper_tables, plots_csv=plots_csv,
-                                          grids=grids, title=title, provenance=provenance))
+                                          grids=grids, title=title, provenance=provenance, claims_csv=claims_csv))
 
 
 def render_report(*, summary_csv, paper_tables: dict[str, str] | None, plots_csv: str | None,
                   grids: Iterable[str] | None, title: str = "ctrlbench report",
-                  provenance: dict | None = None) -> str:
+                  provenance: dict | None = None, claims_csv: str | None = None) -> str:
     """The page as a string (what write_report writes)."""
     ids = _Ids()
-    sections = [
+    sections = [_claims_section(claims_csv, ids)] if claims_csv else []
+    sections += [
         _summary_section(summary_csv, ids),
         _papers_section(paper_tables or {}, ids),
         _plots_section(plots_csv, ids),
@@ -137,6 +140,27 @@ def _summary_section(summary_csv, ids: "_Ids") -> dict:
                     intro="Per dataset: one row per method, parameter set, metric and aggregate "
                           "(mean over images, or best of N samples per item); numbers to 4 significant digits. "
                           f"The {STD_NOTE}; a set row's (KID) std is over KID's subsets (torchmetrics, ddof 0).")
+
+
+CLAIM_COLUMNS = ["claim", "paper", "statement", "measure", "a", "a_value", "b", "b_value", "difference", "ci_low",
+                 "ci_high", "holds", "n", "ceiling"]
+
+
+def _claims_section(claims_csv: str, ids: "_Ids") -> dict:
+    _, rows = _read_csv(claims_csv, CLAIM_COLUMNS, "claims table")
+    header = ["claim", "paper", "statement", "measure", "A", "A value", "B", "B value", "A - B", "95% interval",
+              "holds", "items", "ceiling"]
+    body = [[_td(r["claim"]), _td(r["paper"]), _td(r["statement"]), _td(r["measure"]), _td(r["a"]),
+             _num(r["a_value"]), _td(r["b"]), _num(r["b_value"]), _num(r["difference"]),
+             _td(f"{float(r['ci_low']):.4g} .. {float(r['ci_high']):.4g}"),
+             _status("yes" if r["holds"].strip().lower() == "true" else "no"), _num(r["n"], integer=True),
+             _num(r["ceiling"])] for r in rows]
+    table = _table(header, body) if body else '<p class="none">none (the table has no rows)</p>\n'
+    return _section(ids.make("claims"), "Claims", [table], [],
+                    intro="Each paper's claim checked in the toy world with the trained toy models "
+                          "(docs/toyworld.md): A against B on the same held-out scenes, the paired "
+                          "difference with its bootstrap 95% interval; it holds when the interval lies on "
+                          "the claimed side. Ceiling: the measure on real toy scenes.")
 
 
 def _papers_section(paper_tables: dict[str, str], ids: "_Ids") -> dict:
@@ -362,7 +386,8 @@ def _read_csv(path, columns: list[str], what: str) -> tuple[list[str], list[dict
 
 
 def write_site_report(out_html, *, summary_csv, paper_tables: dict[str, str], plots_dir: str | None,
-                      grid_dirs: list[str], title: str = "ctrlbench report", config_files=()) -> None:
+                      grid_dirs: list[str], title: str = "ctrlbench report", config_files=(),
+                      claims_csv: str | None = None) -> None:
     """`write_report` on a workflow's outputs: the plots listed in `<plots_dir>/plots.csv`,
     every grid in `grid_dirs` (sorted by name), and the run's provenance (package versions,
     git commit, config files) in the footer."""
@@ -371,4 +396,4 @@ def write_site_report(out_html, *, summary_csv, paper_tables: dict[str, str], pl
                    if p.suffix.lower() in (".png", ".jpg", ".jpeg"))
     provenance = io.provenance(config_files=", ".join(str(f) for f in config_files) or "config.yaml")
     write_report(out_html, summary_csv=summary_csv, paper_tables=paper_tables, plots_csv=plots_csv,
-                 grids=grids, title=title, provenance=provenance)
+                 grids=grids, title=title, provenance=provenance, claims_csv=claims_csv)
