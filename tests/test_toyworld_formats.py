@@ -18,6 +18,7 @@ from ctrlbench.data.coco import coco_object_masks
 from ctrlbench.data.coco_regions import filter_region_subset
 from ctrlbench.data.readers import read_dataset
 from ctrlbench.errors import ConfigError, DatasetError
+from ctrlbench.methods.regions import item_masks
 from ctrlbench.toyworld import DATASET_FORMATS, TRAINING_SEEDS, formats, scenes
 
 from conftest import ROOT, dry_run
@@ -80,6 +81,17 @@ def test_coco_region_subset_needs_voc_only_false(world):
     assert list(kept["item_id"]) == expected and 0 < len(expected) < len(items)
     _, counts = filter_region_subset(items)  # the default keeps VOC classes only: no shape is one
     assert counts.set_index("step").at["voc_only", "images_remaining"] == 0
+
+
+def test_region_targets_named_by_category_are_the_scene_masks_united_by_shape(world):
+    for row in read_dataset("coco", world["coco"]).to_dict("records"):
+        scene = scene_of(row["item_id"])
+        expected = {}
+        for obj, mask in zip(scene.objects, scenes.instance_masks(scene, SIZE)):
+            expected[obj.shape] = expected.get(obj.shape, False) | mask
+        masks = item_masks(pd.Series(row), world["coco"], SIZE, SIZE, "MultiDiffusion", "categories")
+        assert masks.keys() == expected.keys()
+        assert all(np.array_equal(masks[shape], expected[shape]) for shape in expected)
 
 
 def test_cub_items_are_one_object_scenes_classed_by_shape_and_colour(world):
@@ -181,7 +193,7 @@ def test_training_seeds_are_the_worlds_train_py_draws():
 
 def with_toyworld(config: dict, **toyworld) -> dict:
     config["toyworld"] = toyworld
-    config["datasets"]["shapes"] = {"format": "coco", "root": "toyworld", "split": "val",
+    config["datasets"]["shapes"] = {"format": "coco", "root": "toyworld", "split": "val", "target_classes": "categories",
                                     "region_filter": {"voc_only": False, "exclude_categories": []}}
     return config
 
