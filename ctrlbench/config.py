@@ -20,6 +20,8 @@ from .errors import ConfigError
 from .methods.registry import METHOD_DEFAULTS, PARAMETER_CHOICES
 from .models.registry import SEGMENTER_ARCHS
 from .models.vocabulary import VOC, segmenter_vocabulary
+from .toyworld import DATASET_FORMATS as TOYWORLD_FORMATS
+from .toyworld import TRAINING_SEEDS as TOYWORLD_TRAINING_SEEDS
 
 SCHEMA_PATH = Path(__file__).resolve().parent.parent / "schemas" / "config.schema.yaml"
 
@@ -256,7 +258,15 @@ def check_references(config: dict) -> None:
             if prompt_set not in prompts:
                 raise ConfigError(f"evaluation.clip.prompts: unknown prompt set '{prompt_set}' "
                                   f"(for dataset {dataset})")
+    seed = config.get("toyworld", {}).get("seed")
+    if seed in TOYWORLD_TRAINING_SEEDS:
+        raise ConfigError(f"toyworld.seed: {seed} is a world the toy models were trained on (seeds "
+                          f"{', '.join(map(str, TOYWORLD_TRAINING_SEEDS))}); datasets must be held-out scenes, "
+                          f"e.g. seed 1000")
     for name, entry in datasets.items():
+        if entry["root"] == "toyworld" and entry["format"] not in TOYWORLD_FORMATS:
+            raise ConfigError(f"datasets.{name}: the toy world (root: toyworld) is written as "
+                              f"{', '.join(TOYWORLD_FORMATS)} datasets, not {entry['format']}")
         if "region_filter" in entry and entry["format"] != "coco":
             raise ConfigError(f"datasets.{name}.region_filter: only coco datasets have object masks to filter on; "
                               f"this one is {entry['format']}")

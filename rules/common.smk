@@ -20,6 +20,7 @@ from ctrlbench import config as cb_config
 from ctrlbench.errors import ConfigError
 from ctrlbench.models.registry import model_entry, model_inputs, model_source
 from ctrlbench.data.layout import dataset_index_files
+from ctrlbench.toyworld import DATASET_FORMATS as TOYWORLD_FORMATS
 
 try:
     CONFIG = cb_config.validate(config)
@@ -47,18 +48,22 @@ wildcard_constraints:
     shard=r"\d{3}",
 
 
+GENERATED_ROOTS = ("toy", "toyworld")  # roots built by a rule: toy_data, toyworld_data
+
+
 def dataset_root(dataset):
     entry = CONFIG["datasets"][dataset]
-    if entry["root"] == "toy":
-        return f"{RESULTS}/toy/{entry['format']}"
+    if entry["root"] in GENERATED_ROOTS:
+        return f"{RESULTS}/{entry['root']}/{entry['format']}"
     return entry["root"]
 
 
 def dataset_inputs(wildcards):
-    """The toy build for toy datasets; the index files of a real dataset (so that
-    Snakemake notices when they change). Missing real files are reported by the reader."""
+    """The toy or toy-world build for generated datasets; the index files of a real
+    dataset (so that Snakemake notices when they change). Missing real files are reported
+    by the reader."""
     entry = CONFIG["datasets"][wildcards.dataset]
-    if entry["root"] == "toy":
+    if entry["root"] in GENERATED_ROOTS:
         return [dataset_root(wildcards.dataset)]
     return dataset_index_files(entry["format"], entry["root"], entry.get("layout"))
 

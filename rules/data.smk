@@ -20,6 +20,27 @@ rule toy_data:
         "../scripts/make_toy_data.py"
 
 
+# The toy world's datasets (ctrlbench/toyworld/formats.py), for datasets with root: toyworld.
+rule toyworld_data:
+    output:
+        directory(f"{RESULTS}/toyworld/{{fmt}}"),
+    wildcard_constraints:
+        fmt="|".join(TOYWORLD_FORMATS),
+    params:
+        fmt=lambda wc: wc.fmt,
+        options=lambda wc: {
+            "seed": CONFIG["toyworld"]["seed"],
+            "image_size": CONFIG["toyworld"]["image_size"],
+            **CONFIG["toyworld"][wc.fmt],
+        },
+    conda:
+        CONDA_ENV
+    log:
+        f"{RESULTS}/logs/toyworld_data/{{fmt}}.log",
+    script:
+        "../scripts/make_toyworld_data.py"
+
+
 checkpoint items:
     input:
         dataset_inputs,

@@ -420,12 +420,8 @@ def make_toy_coco(root, n_images: int = 6, image_size: int = 64, seed: int = 0) 
             images.append(entry)
             annotations += objects
             captions += _coco_captions(rng, image_id, [obj["category_id"] for obj in objects])
-        header = _coco_header()
         categories = [{"supercategory": sup, "id": cid, "name": name} for cid, name, sup in COCO_CATEGORIES]
-        _write_text(staging / "annotations" / "instances_val2017.json", json.dumps(
-            {**header, "images": images, "annotations": annotations, "categories": categories}))
-        _write_text(staging / "annotations" / "captions_val2017.json", json.dumps(
-            {**header, "images": images, "annotations": captions}))
+        _write_coco_annotations(staging, images, annotations, categories, captions)
     return Path(root)
 
 
@@ -445,9 +441,7 @@ def _coco_image(rng, image_id: int, size: int) -> tuple[dict, list[dict], Image.
         draw.polygon(polygon, fill=_category_color(category_id))
         crowd = kind == "crowd" and k == n_objects - 1
         objects.append(_coco_annotation(image_id * 100 + k + 1, image_id, category_id, polygon, size, crowd))
-    entry = {"license": 1, "file_name": f"{image_id:012d}.jpg", "coco_url": "", "height": size,
-             "width": size, "date_captured": "2017-01-01 00:00:00", "flickr_url": "", "id": image_id}
-    return entry, objects, picture
+    return _coco_image_entry(image_id, f"{image_id:012d}.jpg", size), objects, picture
 
 
 def _grid_cells(rng, n_objects: int, size: int) -> list[tuple[float, float, float, float]]:
@@ -532,12 +526,25 @@ def _coco_captions(rng, image_id: int, category_ids: list[int]) -> list[dict]:
     return [{"image_id": image_id, "id": image_id * 10 + k + 1, "caption": templates[i]} for k, i in enumerate(order)]
 
 
-def _coco_header() -> dict:
-    return {
-        "info": {"description": "ctrlbench toy data in the COCO 2017 format", "url": "", "version": "1.0",
+def _coco_image_entry(image_id: int, file_name: str, size: int) -> dict:
+    """An `images` entry of instances_*.json, with the real file's keys."""
+    return {"license": 1, "file_name": file_name, "coco_url": "", "height": size, "width": size,
+            "date_captured": "2017-01-01 00:00:00", "flickr_url": "", "id": image_id}
+
+
+def _write_coco_annotations(staging: Path, images: list[dict], annotations: list[dict], categories: list[dict],
+                            captions: list[dict], description: str = "ctrlbench toy data in the COCO 2017 format",
+                            split: str = "val") -> None:
+    """annotations/instances_<split>2017.json and captions_<split>2017.json under `staging`."""
+    header = {
+        "info": {"description": description, "url": "", "version": "1.0",
                  "year": 2017, "contributor": "ctrlbench", "date_created": "2017/09/01"},
         "licenses": [{"url": "", "id": 1, "name": "generated toy data"}],
     }
+    _write_text(staging / "annotations" / f"instances_{split}2017.json", json.dumps(
+        {**header, "images": images, "annotations": annotations, "categories": categories}))
+    _write_text(staging / "annotations" / f"captions_{split}2017.json", json.dumps(
+        {**header, "images": images, "annotations": captions}))
 
 
 # --- prompt lists (panoramas) ----------------------------------------------------------------
