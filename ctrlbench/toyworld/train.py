@@ -45,9 +45,9 @@ CROSS_ATTENTION_DIM = 64
 SETTINGS = {  # per model: steps, batch size, learning rate; the defaults of a full training
     "vae": {"steps": 1200, "batch_size": 32, "lr": 1e-3, "kl_weight": 1e-6},
     "sd": {"steps": 2800, "batch_size": 64, "lr": 3e-4, "caption_dropout": 0.1, "ema": 0.999,
-           "n_latents": 40000, "warmup": 100},
+           "n_latents": 40000, "warmup": 100, "resume": False},
     "clip": {"steps": 1500, "batch_size": 128, "lr": 5e-4, "warmup": 100},
-    "segmenter": {"steps": 1200, "batch_size": 32, "lr": 2e-3},
+    "segmenter": {"steps": 1200, "batch_size": 32, "lr": 2e-3, "vae_fraction": 0.5},
 }
 ORDER = ("vae", "sd", "clip", "segmenter")
 
@@ -192,7 +192,9 @@ def encode_latents(vae, n: int, batch_size: int = 256, seed: int = 0) -> torch.T
 
 
 def train_sd(out: Path, vae_dir: Path, steps: int, batch_size: int, lr: float, caption_dropout: float,
-             ema: float, n_latents: int, warmup: int, seed: int = 0) -> dict:
+             ema: float, n_latents: int, warmup: int, resume: bool = False, seed: int = 0) -> dict:
+    """resume: continue from the pipeline already in `out` (its EMA weights, a fresh
+    optimiser and schedule, new noise draws) instead of starting from scratch."""
     from diffusers import AutoencoderKL, StableDiffusionPipeline
 
     from ..models.clip_tokenizer import build_clip_tokenizer
@@ -204,7 +206,15 @@ def train_sd(out: Path, vae_dir: Path, steps: int, batch_size: int, lr: float, c
 
     with tempfile.TemporaryDirectory() as folder:  # the pipeline saves it again in its own folder
         tokenizer = build_clip_tokenizer(folder)
-    text_encoder, unet = new_text_encoder().train(), new_unet().train()
+    if resume:
+        from diffusers import UNet2DConditionModel
+        from transformers import CLIPTextModel
+
+        unet = UNet2DConditionModel.from_pretrained(out, subfolder="unet", torch_dtype=torch.float32).train()
+        text_encoder = CLIPTextModel.from_pretrained(out, subfolder="text_encoder", torch_dtype=torch.float32).train()
+        seed += 1  # other noise and batches than the first run
+    else:
+        text_encoder, unet = new_text_encoder().train(), new_unet().train()
     scheduler = sd_scheduler()
     start = time.time()
     latents = encode_latents(vae, n_latents, seed=seed)
@@ -304,7 +314,11 @@ def augment_for_segmenter(images: torch.Tensor, generator: torch.Generator) -> t
     return images.clamp(-1, 1)
 
 
-def train_segmenter(out: Path, steps: int, batch_size: int, lr: float, seed: int = 0) -> dict:
+def train_segmenter(out: Path, steps: int, batch_size: int, lr: float, vae_fraction: float = 0.0,
+                    vae_dir: Path | None = None, seed: int = 0) -> dict:
+    """vae_fraction: the share of each batch passed through the toy VAE first (encode,
+    decode), so the segmenter judges shapes as the VAE, and so every generated image,
+    renders them (rounded corners, soft edges)."""
     from safetensors.torch import save_file
 
     from ..methods.segmentation import normalize_imagenet
@@ -313,6 +327,11 @@ def train_segmenter(out: Path, steps: int, batch_size: int, lr: float, seed: int
 
     torch.manual_seed(seed)
     model = ToyFCN(len(SEGMENTER_CLASSES)).train()
+    vae = None
+    if vae_fraction > 0:
+        from diffusers import AutoencoderKL
+
+        vae = AutoencoderKL.from_pretrained(vae_dir, torch_dtype=torch.float32).eval().requires_grad_(False)
     optimizer = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=1e-4)
     generator = torch.Generator().manual_seed(seed)
     history, start = History(), time.time()
@@ -320,6 +339,10 @@ def train_segmenter(out: Path, steps: int, batch_size: int, lr: float, seed: int
         for group in optimizer.param_groups:
             group["lr"] = _lr(step, steps, lr)
         batch, images, _ = scene_batch(step * batch_size, batch_size, seed=TRAIN_SEED + 2)
+        if vae is not None:
+            k = int(round(vae_fraction * batch_size))
+            with torch.no_grad():
+                images[:k] = vae.decode(vae.encode(images[:k]).latent_dist.mean).sample.clamp(-1, 1)
         images = augment_for_segmenter(images, generator)
         logits = model(normalize_imagenet((images + 1) / 2))["out"]
         target = class_maps(batch)
@@ -359,7 +382,7 @@ def train(name: str, out_root: Path, settings: dict, seed: int = 0) -> dict:
     elif name == "clip":
         result = train_clip(out, seed=seed, **settings)
     elif name == "segmenter":
-        result = train_segmenter(out, seed=seed, **settings)
+        result = train_segmenter(out, vae_dir=out_root / "vae", seed=seed, **settings)
     else:
         raise ValueError(f"unknown toy model {name!r} (models: {', '.join(ORDER)})")
     result["history"].write(out / "history.csv")
@@ -375,6 +398,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--only", nargs="+", choices=ORDER, default=list(ORDER))
     parser.add_argument("--steps", type=int, help="override every model's step count (quick checks)")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--resume-sd", action="store_true",
+                        help="continue training the SD pipeline already in --out (--steps more steps)")
     args = parser.parse_args(argv)
     out_root = Path(args.out)
     out_root.mkdir(parents=True, exist_ok=True)
@@ -382,11 +407,28 @@ def main(argv: list[str] | None = None) -> None:
     manifest = json.loads(manifest_path.read_text()) if manifest_path.exists() else {"models": {}}
     for name in [m for m in ORDER if m in args.only]:
         settings = dict(SETTINGS[name])
+        if name == "sd" and args.resume_sd:
+            settings["resume"] = True
+            settings["warmup"] = 20
         if args.steps:
             settings["steps"] = args.steps
             if name == "sd":
                 settings["n_latents"] = min(settings["n_latents"], args.steps * settings["batch_size"])
+        if name == "sd" and args.resume_sd and (out_root / "sd" / "history.csv").exists():
+            import pandas as pd
+
+            previous = pd.read_csv(out_root / "sd" / "history.csv")
+        else:
+            previous = None
+        earlier = manifest["models"].get(name) if previous is not None else None
         entry = train(name, out_root, settings, args.seed)
+        if previous is not None:  # one history over both runs, steps numbered on
+            history = pd.read_csv(out_root / "sd" / "history.csv")
+            history["step"] += len(previous)
+            pd.concat([previous, history]).to_csv(out_root / "sd" / "history.csv", index=False)
+            entry["files"]["history.csv"] = {"sha256": sha256(out_root / "sd" / "history.csv"),
+                                             "bytes": (out_root / "sd" / "history.csv").stat().st_size}
+            entry["resumed_from"] = {k: earlier[k] for k in ("settings", "seconds", "final") if k in earlier}
         manifest["models"][name] = {**entry, "torch": torch.__version__, "threads": torch.get_num_threads(),
                                     "command": shlex.join([sys.executable, "-m", "ctrlbench.toyworld.train",
                                                            *(argv if argv is not None else sys.argv[1:])])}
