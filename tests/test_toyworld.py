@@ -85,7 +85,7 @@ def test_a_few_training_steps_lower_the_loss(tmp_path, model):
     """Each trainer, from scratch for a few steps of its real loop (small batches): the loss
     of the last steps is below that of the first ones (the VAE, whose batches differ a lot
     in difficulty, on one fixed batch of held-out scenes, before and after). The vae is
-    trained first where sd needs it."""
+    trained first where sd and the segmenter need it."""
     import pandas as pd
 
     from ctrlbench.toyworld import train
@@ -93,7 +93,7 @@ def test_a_few_training_steps_lower_the_loss(tmp_path, model):
     steps = {"vae": 16, "sd": 16, "clip": 16, "segmenter": 12}[model]
     overrides = {"vae": {"batch_size": 8}, "sd": {"batch_size": 16, "n_latents": 256, "warmup": 1},
                  "clip": {"batch_size": 32, "warmup": 1}, "segmenter": {"batch_size": 8}}
-    if model == "sd":
+    if model in ("sd", "segmenter"):  # both see images through the toy VAE
         train.train("vae", tmp_path, {**train.SETTINGS["vae"], "steps": 2, "batch_size": 4})
     entry = train.train(model, tmp_path, {**train.SETTINGS[model], "steps": steps, **overrides[model]})
     history = pd.read_csv(tmp_path / model / "history.csv")
@@ -112,3 +112,11 @@ def test_a_few_training_steps_lower_the_loss(tmp_path, model):
     else:
         first, last = history["loss"][:3].mean(), history["loss"][-3:].mean()
         assert last < first, history["loss"].tolist()
+
+
+def test_training_without_the_vae_says_what_to_train_first(tmp_path):
+    from ctrlbench.toyworld import train
+
+    with pytest.raises(FileNotFoundError, match="no trained toy VAE.*--only vae"):
+        train.train("segmenter", tmp_path, {**train.SETTINGS["segmenter"], "steps": 1})
+    assert not (tmp_path / "segmenter").exists()

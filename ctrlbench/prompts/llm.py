@@ -22,6 +22,7 @@ import json
 import logging
 import os
 import socket
+import threading
 import time
 import urllib.error
 import urllib.parse
@@ -274,9 +275,23 @@ class OpenAICompatibleClient:
         answers, failures = {}, []
         if not requests:
             return answers
+        # Set by the worker that finds the server unreachable, so that the workers stop
+        # sending at once (cancelling futures from this thread can come too late: a
+        # refused connection fails faster than this thread sees the failure).
+        unreachable = threading.Event()
+
+        def send(text: str, item_id: str):
+            if unreachable.is_set():
+                return _NOT_SENT
+            try:
+                return self.complete(text, item_id)
+            except _Unreachable:
+                unreachable.set()
+                raise
+
         with futures.ThreadPoolExecutor(max_workers=self.concurrency,
                                         thread_name_prefix="llm-request") as pool:
-            pending = {pool.submit(self.complete, text, item_id): item_id
+            pending = {pool.submit(send, text, item_id): item_id
                        for item_id, text in requests.items()}
             try:
                 for future in futures.as_completed(pending):
@@ -285,6 +300,8 @@ class OpenAICompatibleClient:
                     item_id = pending[future]
                     try:
                         answer = future.result()
+                        if answer is _NOT_SENT:
+                            continue
                         if on_answer is not None:
                             on_answer(item_id, answer)  # may reject the answer with LLMError
                         answers[item_id] = answer
@@ -304,6 +321,9 @@ class OpenAICompatibleClient:
             raise LLMError(f"{failures[0]}{more}; {len(answers)} answer(s) obtained "
                            f"(rerun to retry the rest)")
         return answers
+
+
+_NOT_SENT = object()  # a request dropped after the server was found unreachable
 
 
 def _body(exc: urllib.error.HTTPError) -> str:

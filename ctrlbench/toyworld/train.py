@@ -191,17 +191,27 @@ def encode_latents(vae, n: int, batch_size: int = 256, seed: int = 0) -> torch.T
     return torch.cat(out)
 
 
+def _load_toy_vae(vae_dir: Path | None, needed_by: str):
+    """The trained toy VAE that `needed_by` builds on, or a clear error when it is not trained yet."""
+    from diffusers import AutoencoderKL
+
+    if vae_dir is None or not (Path(vae_dir) / "config.json").is_file():
+        raise FileNotFoundError(f"toyworld.train {needed_by}: no trained toy VAE in {vae_dir}; train it first "
+                                f"(python -m ctrlbench.toyworld.train --only vae --out <same folder>)")
+    return AutoencoderKL.from_pretrained(vae_dir, torch_dtype=torch.float32).eval().requires_grad_(False)
+
+
 def train_sd(out: Path, vae_dir: Path, steps: int, batch_size: int, lr: float, caption_dropout: float,
              ema: float, n_latents: int, warmup: int, resume: bool = False, seed: int = 0) -> dict:
     """resume: continue from the pipeline already in `out` (its EMA weights, a fresh
     optimiser and schedule, new noise draws) instead of starting from scratch."""
-    from diffusers import AutoencoderKL, StableDiffusionPipeline
+    from diffusers import StableDiffusionPipeline
 
     from ..models.clip_tokenizer import build_clip_tokenizer
     from ..models.tiny import sd_scheduler
 
     torch.manual_seed(seed)
-    vae = AutoencoderKL.from_pretrained(vae_dir, torch_dtype=torch.float32).eval().requires_grad_(False)
+    vae = _load_toy_vae(vae_dir, "sd")
     import tempfile
 
     with tempfile.TemporaryDirectory() as folder:  # the pipeline saves it again in its own folder
@@ -329,9 +339,7 @@ def train_segmenter(out: Path, steps: int, batch_size: int, lr: float, vae_fract
     model = ToyFCN(len(SEGMENTER_CLASSES)).train()
     vae = None
     if vae_fraction > 0:
-        from diffusers import AutoencoderKL
-
-        vae = AutoencoderKL.from_pretrained(vae_dir, torch_dtype=torch.float32).eval().requires_grad_(False)
+        vae = _load_toy_vae(vae_dir, "segmenter (vae_fraction > 0)")
     optimizer = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=1e-4)
     generator = torch.Generator().manual_seed(seed)
     history, start = History(), time.time()
