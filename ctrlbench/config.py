@@ -295,7 +295,7 @@ def check_references(config: dict) -> None:
         _check_model(config, aesthetic["clip"], "evaluation.aesthetic.clip", ("open_clip",))
     fid = config.get("evaluation", {}).get("fid")
     if fid:
-        _check_model(config, fid["model"], "evaluation.fid.model", ("fid_inception",))
+        _check_model(config, fid["model"], "evaluation.fid.model", ("fid_inception", "open_clip"))
         references = fid["reference"] if isinstance(fid["reference"], dict) else {}
         unknown = sorted(set(references) - set(datasets) - {"default"})
         if unknown:

@@ -85,7 +85,7 @@ def test_default_config_is_valid_and_defaults_are_filled(default_config):
     (lambda c: c["evaluation"]["iou"].update(held_out="deeplab"), "a held-out scorer must be another segmenter"),
     (lambda c: c["report"]["papers"]["multidiffusion"].update({"GLIGEN": "si"}), "unknown row 'GLIGEN'"),
     (lambda c: c["report"]["papers"].update({"gligen": {}}), "report.papers"),
-    (lambda c: c["evaluation"]["fid"].update(model="clip"), "expected fid_inception"),
+    (lambda c: c["evaluation"]["fid"].update(model="deeplab"), "expected fid_inception or open_clip"),
     (lambda c: c["evaluation"]["fid"]["reference"].update(paragraphs="real"), "has no real images"),
     (lambda c: c["evaluation"]["fid"]["reference"].update(landscapes="sd_llm"), "does not run on dataset"),
     (lambda c: c["evaluation"]["fid"]["reference"].update(imagenet="real"), "unknown dataset(s) imagenet"),
@@ -148,7 +148,7 @@ def test_device_and_dtype_resolution_on_cpu():
 
 # Tiny random-weight models a shipped config may use: the toy world's stand-ins for the
 # models it has not trained yet (configs/toyworld.yaml says so beside each).
-STAND_INS = {"toyworld.yaml": {"sd_tiny", "controlnet", "sd_inpaint", "llm", "aesthetic", "clip_tiny", "fid"}}
+STAND_INS = {"toyworld.yaml": {"sd_tiny", "controlnet", "sd_inpaint", "llm", "aesthetic", "clip_tiny"}}
 
 
 @pytest.mark.parametrize("path", sorted((ROOT / "configs").glob("*.yaml")), ids=lambda p: p.name)

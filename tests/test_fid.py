@@ -14,7 +14,7 @@ from ctrlbench.metrics.fid import (
     FID_COLUMNS, embed_method_images_fid, embed_real_images_fid, fid_kid, frechet_distance,
     reference_stats, save_features,
 )
-from ctrlbench.models.loaders import load_fid_extractor
+from ctrlbench.models.loaders import load_fid_extractor, load_model
 
 pytestmark = pytest.mark.filterwarnings("ignore:Metric `Kernel Inception Distance` will save")
 
@@ -356,6 +356,26 @@ def test_corrupt_image_names_the_file_and_writes_nothing(fid_config, tmp_path):
     with pytest.raises(InputError, match=r"img1\.png does not exist"):
         embed_method_images_fid(fid_config, "fid", str(tmp_path / "shard"), str(out))
     assert not out.exists()
+
+
+def test_clip_image_embeddings_as_fid_features(tiny_config, tmp_path):
+    """An open_clip model as FID extractor (the toy world's toy FID): the cache holds the
+    CLIP's own normalised image embeddings, labelled as not Inception FID, and FID runs on them."""
+    config = tiny_config("clipfid", {"clip": "open_clip"})
+    manifest = image_folder(tmp_path / "shard", [(64, 64), (48, 80), (64, 64)])
+    out = tmp_path / "shard-0.npz"
+    embed_method_images_fid(config, "clip", str(tmp_path / "shard"), str(out), batch_size=2)
+    keys, features = load_embeddings(out)
+    clip = load_model(config, "clip")
+    direct = clip.encode_images([Image.open(tmp_path / "shard" / name) for name in manifest["image"]]).numpy()
+    assert features.shape == (3, clip.embed_dim)
+    np.testing.assert_allclose(features, direct, atol=1e-5)
+    assert set(keys["feature_extractor"]) == {f"open_clip image embeddings ({clip.embed_dim}) [tiny]; "
+                                              "FD of CLIP features, not Inception FID"}
+    reference_stats([str(out)], tmp_path / "ref.npz", "real")
+    frame = fid_kid(tmp_path / "ref.npz", [str(out)], tmp_path / "fid.csv", model_key="clip", antialias=False)
+    fid = frame.set_index("metric").loc["fid"]
+    assert fid["value"] == pytest.approx(0.0, abs=1e-4) and "not Inception FID" in fid["feature_extractor"]
 
 
 def test_load_fid_extractor_needs_an_fid_model(tmp_path):

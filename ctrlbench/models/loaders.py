@@ -487,18 +487,45 @@ def _inception(where: _Where, path: Path) -> nn.Module:
     return model
 
 
+class ClipFidFeatures(nn.Module):
+    """An open_clip image tower as FID/KID features: uint8 images [N, 3, H, W] -> the
+    L2-normalised image embeddings [N, embed_dim] (ClipModel.encode_images, its own
+    preprocessing). The Frechet distance of these is "FD of CLIP features", not Inception
+    FID; with the toy CLIP it is the toy world's "toy FID" (docs/toyworld.md)."""
+
+    def __init__(self, clip: ClipModel, label: str):
+        super().__init__()
+        self.clip = clip
+        self.anchor = nn.Parameter(torch.zeros(0, device=clip.device), requires_grad=False)  # gives the device
+        self.num_features = clip.embed_dim
+        self.feature_extractor = label
+        self.use_antialias = True  # unused: open_clip's preprocessing does its own resize
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        from PIL import Image
+
+        images = [Image.fromarray(image.permute(1, 2, 0).cpu().numpy().astype("uint8")) for image in x]
+        return self.clip.encode_images(images)
+
+
 def load_fid_extractor(config: dict, key: str, device: str = "cpu", *, antialias: bool) -> nn.Module:
-    """models.<key> (kind fid_inception) with the resize to its input size chosen explicitly.
+    """models.<key> (kind fid_inception, or open_clip for FD of CLIP image embeddings) with
+    the resize to its input size chosen explicitly.
 
     antialias=True: torch's antialiased bilinear resize (torchmetrics >= 1.8's default).
     antialias=False: torch-fidelity's TF1-like bilinear resize, as the original TF FID.
     The model's `use_antialias` holds the choice, `feature_extractor` a label for results.
+    An open_clip model resizes with its own preprocessing whatever `antialias` says.
     """
     from ..errors import ConfigError
 
-    kind = model_entry(config, key)["kind"]
-    if kind != "fid_inception":
-        raise ConfigError(f"models.{key} is kind {kind}, not fid_inception")
+    entry = model_entry(config, key)
+    if entry["kind"] == "open_clip":
+        clip = load_model(config, key, device)
+        return ClipFidFeatures(clip, f"open_clip image embeddings ({clip.embed_dim}) [{entry['source']}]; "
+                                     f"FD of CLIP features, not Inception FID")
+    if entry["kind"] != "fid_inception":
+        raise ConfigError(f"models.{key} is kind {entry['kind']}, not fid_inception or open_clip")
     model = load_model(config, key, device)
     model.use_antialias = bool(antialias)
     return model

@@ -400,16 +400,49 @@ def train(name: str, out_root: Path, settings: dict, seed: int = 0) -> dict:
             "files": {str(p.relative_to(out)): {"sha256": sha256(p), "bytes": p.stat().st_size} for p in files}}
 
 
+def plot_losses(weights: Path, out: Path) -> Path:
+    """One panel per trained model: its loss per step (and a running mean), from the
+    `<model>/history.csv` files in `weights`; written as a PNG (docs/toyworld_losses.png)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import pandas as pd
+
+    names = [name for name in ORDER if (weights / name / "history.csv").exists()]
+    if not names:
+        raise FileNotFoundError(f"no <model>/history.csv in {weights}: train the toy models first")
+    figure, axes = plt.subplots(1, len(names), figsize=(3.2 * len(names), 2.6), squeeze=False)
+    for axis, name in zip(axes[0], names):
+        history = pd.read_csv(weights / name / "history.csv")
+        axis.plot(history["step"], history["loss"], lw=0.4, alpha=0.4, color="tab:blue")
+        axis.plot(history["step"], history["loss"].rolling(50, min_periods=1).mean(), lw=1.2, color="tab:blue")
+        axis.set_yscale("log")
+        axis.set_title(name)
+        axis.set_xlabel("step")
+    axes[0][0].set_ylabel("training loss")
+    figure.tight_layout()
+    out.parent.mkdir(parents=True, exist_ok=True)
+    figure.savefig(out, dpi=110)
+    plt.close(figure)
+    return out
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--out", required=True, help="folder of the models (one subfolder each) and manifest.json")
     parser.add_argument("--only", nargs="+", choices=ORDER, default=list(ORDER))
     parser.add_argument("--steps", type=int, help="override every model's step count (quick checks)")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--plot", type=Path, metavar="PNG",
+                        help="only draw the loss curves of the models in --out into PNG (no training)")
     parser.add_argument("--resume-sd", action="store_true",
                         help="continue training the SD pipeline already in --out (--steps more steps)")
     args = parser.parse_args(argv)
     out_root = Path(args.out)
+    if args.plot:
+        print(plot_losses(out_root, args.plot))
+        return
     out_root.mkdir(parents=True, exist_ok=True)
     manifest_path = out_root / "manifest.json"
     manifest = json.loads(manifest_path.read_text()) if manifest_path.exists() else {"models": {}}
