@@ -120,3 +120,16 @@ def test_training_without_the_vae_says_what_to_train_first(tmp_path):
     with pytest.raises(FileNotFoundError, match="no trained toy VAE.*--only vae"):
         train.train("segmenter", tmp_path, {**train.SETTINGS["segmenter"], "steps": 1})
     assert not (tmp_path / "segmenter").exists()
+
+
+def test_loss_curves_are_drawn_from_the_histories(tmp_path):
+    from PIL import Image
+
+    from ctrlbench.toyworld import train
+    from ctrlbench.toyworld.claims import WEIGHTS
+
+    out = train.plot_losses(WEIGHTS, tmp_path / "losses.png")
+    with Image.open(out) as image:
+        assert image.format == "PNG" and image.width > 3 * image.height  # one panel per model, side by side
+    with pytest.raises(FileNotFoundError, match="no <model>/history.csv"):
+        train.plot_losses(tmp_path, tmp_path / "none.png")
