@@ -507,7 +507,10 @@ def interrupt_run(workdir, ready, interrupt, *args):
     cmd = [str(SNAKEMAKE), "--snakefile", str(ROOT / "Snakefile"), "--directory", str(workdir), "--cores", "2",
            *args]
     with open(workdir / "interrupted.log", "w+") as log:
-        process = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+        # SIGINT back to its default: a shell's background job (`make test &`) starts with it
+        # ignored, and Python (hence Snakemake) then never hears a Ctrl-C.
+        process = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+                                   preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
         deadline = time.monotonic() + 600
         while not ready(workdir, process):
             assert process.poll() is None, "the run ended before the point where it was to be interrupted"
