@@ -496,7 +496,7 @@ class ClipFidFeatures(nn.Module):
     def __init__(self, clip: ClipModel, label: str):
         super().__init__()
         self.clip = clip
-        self.anchor = nn.Parameter(torch.zeros(0, device=clip.device), requires_grad=False)  # gives the device
+        self.tower = clip.model  # registered as a submodule: its parameters tell callers the device
         self.num_features = clip.embed_dim
         self.feature_extractor = label
         self.use_antialias = True  # unused: open_clip's preprocessing does its own resize
