@@ -88,7 +88,7 @@ from machine import machine_info  # noqa: E402  (bench/machine.py)
 def sweep_config(n_shards: int) -> dict:
     """config.yaml with SWEEPS, n_shards, and every reference to a now-swept method
     ('method' alone) pinned to that method's first parameter set."""
-    config = copy.deepcopy(yaml.safe_load((ROOT / "config.yaml").read_text()))
+    config = copy.deepcopy(yaml.safe_load((ROOT / "tests" / "configs" / "tiny.yaml").read_text()))
     config["n_shards"] = n_shards
     for method, sweep in SWEEPS.items():
         config["methods"][method]["sweep"] = sweep

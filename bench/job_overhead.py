@@ -64,7 +64,7 @@ def bench_config(images: int, n_shards: int = 1) -> dict:
     shard with the demo's parameters (no sweeps)."""
     import yaml
 
-    config = yaml.safe_load((ROOT / "config.yaml").read_text())
+    config = yaml.safe_load((ROOT / "tests" / "configs" / "tiny.yaml").read_text())
     demo = config["methods"]
     items = images // 2  # SD and ControlNet: two images per item
     config["n_shards"] = n_shards

@@ -9,11 +9,15 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 
 ROOT = Path(__file__).resolve().parent.parent
+# The suite's fast config: every method and dataset kind with tiny random-weight models
+# (the numbers mean nothing). The demo, config.yaml, runs on the trained toy world.
+FAST_CONFIG = ROOT / "tests" / "configs" / "tiny.yaml"
+DEMO_CONFIG = ROOT / "config.yaml"
 
 
 @pytest.fixture
 def default_config():
-    with open(ROOT / "config.yaml", encoding="utf-8") as fh:
+    with open(FAST_CONFIG, encoding="utf-8") as fh:
         return copy.deepcopy(yaml.safe_load(fh))
 
 

@@ -6,15 +6,19 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parent.parent
+FAST_CONFIG = ROOT / "tests" / "configs" / "tiny.yaml"  # the fast config (tiny random models), as conftest
 SNAKEMAKE = Path(sys.executable).parent / "snakemake"
 
 # rules/common.smk extends PYTHONPATH on purpose (it is optional, so no `envvars:`).
 DELIBERATE = {"Environment variable PYTHONPATH used but not asserted with envvars directive"}
 
 
-def test_snakemake_lint_reports_only_the_deliberate_pythonpath_lint(tmp_path):
-    shutil.copy(ROOT / "config.yaml", tmp_path / "config.yaml")
+@pytest.mark.parametrize("config", [ROOT / "config.yaml", FAST_CONFIG], ids=["demo", "fast"])
+def test_snakemake_lint_reports_only_the_deliberate_pythonpath_lint(tmp_path, config):
+    shutil.copy(config, tmp_path / "config.yaml")
     result = subprocess.run([str(SNAKEMAKE), "--snakefile", str(ROOT / "Snakefile"), "--directory", str(tmp_path),
                              "--lint"], capture_output=True, text=True, timeout=300)
     output = result.stdout + result.stderr

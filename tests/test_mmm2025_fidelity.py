@@ -20,7 +20,7 @@ from ctrlbench.prompts.templates import description_prompts_for_shard, template_
 from ctrlbench.report.papers import mmm2025_table
 from ctrlbench.report.tables import summarize
 
-from conftest import ROOT
+from conftest import ROOT, FAST_CONFIG
 
 CAPTIONS = ["this bird has a white belly and a hooked bill", "a large bird with long grey wings"]
 ATTRIBUTES = ["has_bill_shape::hooked_seabird", "has_underparts_color::white"]
@@ -127,7 +127,7 @@ def test_held_out_scorer_in_the_dag(tmp_path):
     import sys
     import yaml
 
-    config = yaml.safe_load((ROOT / "config.yaml").read_text())
+    config = yaml.safe_load(FAST_CONFIG.read_text())
     config["models"]["clip2"] = {"kind": "open_clip", "source": "tiny"}
     config["evaluation"]["clip"]["held_out"] = "clip2"
     config["results_dir"] = str(tmp_path / "results")

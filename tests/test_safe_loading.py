@@ -18,7 +18,7 @@ import pytest
 import torch
 from PIL import Image
 
-from conftest import ROOT
+from conftest import ROOT, FAST_CONFIG
 from ctrlbench import config as cb_config
 from ctrlbench import io
 from ctrlbench.data.prompt_list import read_prompts
@@ -250,7 +250,7 @@ def test_dollar_signs_do_not_crash_plots(tmp_path):
     from ctrlbench.report.plots import _plot, sweep_plots
 
     # method and dataset names cannot hold "$" (config identifiers), item ids neither ...
-    config = cb_config.load(ROOT / "config.yaml")
+    config = cb_config.load(FAST_CONFIG)
     config["methods"]["sd$x"] = config["methods"]["sd_template"]
     with pytest.raises(ConfigError, match=r"'methods': 'sd\$x' does not match"):
         cb_config.validate(config)

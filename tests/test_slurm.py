@@ -27,6 +27,7 @@ import pytest
 import yaml
 
 ROOT = Path(__file__).resolve().parent.parent
+FAST_CONFIG = ROOT / "tests" / "configs" / "tiny.yaml"  # the fast config (tiny random models), as conftest
 SNAKEMAKE = Path(sys.executable).parent / "snakemake"
 PROFILE = ROOT / "profiles" / "slurm"
 PACKAGES = ("slurm-wlm", "munge")
@@ -298,7 +299,7 @@ def toy_config() -> dict:
     """The demo config cut down to SD with template prompts on toy CUB (as in
     test_workflow.sd_only_config): 13 jobs in 12 sbatch submissions (the two cheap
     clip_similarity jobs are grouped), 6 of them GPU jobs."""
-    config = yaml.safe_load((ROOT / "config.yaml").read_text())
+    config = yaml.safe_load(FAST_CONFIG.read_text())
     config["datasets"] = {"cub": config["datasets"]["cub"]}
     config["methods"] = {"sd": {**config["methods"]["sd_template"], "datasets": ["cub"]}}
     config["evaluation"]["clip"]["long_text"] = ["truncate"]

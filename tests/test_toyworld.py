@@ -114,6 +114,53 @@ def test_a_few_training_steps_lower_the_loss(tmp_path, model):
         assert last < first, history["loss"].tolist()
 
 
+def test_a_few_controlnet_steps_lower_the_loss_on_held_out_scenes(tmp_path):
+    """The ControlNet trainer on the committed toy SD for a few steps: on a fixed batch of
+    held-out scenes (fixed noise and timesteps), the UNet's epsilon error with the trained
+    ControlNet is below the error of the untrained one (zero convolutions: the SD alone)."""
+    import shutil
+
+    from diffusers import ControlNetModel
+
+    from ctrlbench.toyworld import scenes, train
+    from ctrlbench.toyworld.claims import WEIGHTS
+
+    shutil.copytree(WEIGHTS / "sd", tmp_path / "sd")
+    train.train("controlnet", tmp_path, {**train.SETTINGS["controlnet"], "steps": 40, "batch_size": 16,
+                                          "n_latents": 256, "warmup": 1, "lr": 1e-3})
+    from diffusers import StableDiffusionPipeline
+
+    pipe = StableDiffusionPipeline.from_pretrained(tmp_path / "sd", torch_dtype=torch.float32, safety_checker=None)
+    images = [scenes.render(scenes.scene_for(999, i), train.IMAGE_SIZE) for i in range(32)]
+    captions = [scenes.scene_for(999, i).caption() for i in range(32)]
+    generator = torch.Generator().manual_seed(0)
+    with torch.no_grad():
+        x0 = pipe.vae.encode(train.images_tensor(images)).latent_dist.mean * pipe.vae.config.scaling_factor
+        noise = torch.randn(x0.shape, generator=generator)
+        t = torch.randint(300, 1000, (len(images),), generator=generator)
+        a = pipe.scheduler.alphas_cumprod[t].view(-1, 1, 1, 1)
+        noisy = a.sqrt() * x0 + (1 - a).sqrt() * noise
+        ids = pipe.tokenizer(captions, padding="max_length", max_length=77, return_tensors="pt").input_ids
+        text = pipe.text_encoder(ids)[0]
+        cond = train.canny_tensor(images)
+        errors = []
+        for controlnet in (ControlNetModel.from_unet(pipe.unet, conditioning_embedding_out_channels=(16, 32, 64)),
+                           ControlNetModel.from_pretrained(tmp_path / "controlnet", torch_dtype=torch.float32)):
+            down, mid = controlnet(noisy, t, text, controlnet_cond=cond, return_dict=False)
+            prediction = pipe.unet(noisy, t, text, down_block_additional_residuals=down,
+                                   mid_block_additional_residual=mid).sample
+            errors.append(torch.nn.functional.mse_loss(prediction, noise).item())
+    assert errors[1] < errors[0], errors
+
+
+def test_controlnet_training_without_the_sd_says_what_to_train_first(tmp_path):
+    from ctrlbench.toyworld import train
+
+    with pytest.raises(FileNotFoundError, match="no trained toy SD.*--only vae sd"):
+        train.train("controlnet", tmp_path, {**train.SETTINGS["controlnet"], "steps": 1})
+    assert not (tmp_path / "controlnet").exists()
+
+
 def test_training_without_the_vae_says_what_to_train_first(tmp_path):
     from ctrlbench.toyworld import train
 

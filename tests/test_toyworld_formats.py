@@ -25,7 +25,7 @@ from conftest import ROOT, dry_run
 
 SEED, SIZE = 1000, 32
 SMALL = {"coco": {"n_images": 8}, "cub": {"n_classes": 4, "train_per_class": 2, "test_per_class": 1},
-         "strokes": {"n_images": 3}, "paraprompts": {"n_prompts": 3, "min_objects": 3}}
+         "strokes": {"n_images": 3}, "paraprompts": {"n_prompts": 3, "min_objects": 3}, "prompts": {"n_prompts": 4}}
 
 
 def tree_bytes(root: Path) -> dict[str, bytes]:
@@ -154,6 +154,17 @@ def test_paraprompts_are_the_paragraphs_of_scenes_with_enough_objects(world):
         assert item.category == {3: "three shapes", 4: "four shapes"}[len(scene.objects)]
 
 
+def test_prompts_are_the_objects_of_each_scene_without_background(world):
+    items = read_dataset("prompts", world["prompts"])  # items are keyed by a hash of the prompt
+    prompts = sorted(json.loads(captions)[0] for captions in items["captions"])
+    wanted = [scenes.scene_for(SEED, index) for index in range(4)]
+    assert prompts == sorted(formats.objects_prompt(scene) for scene in wanted)
+    for scene in wanted:
+        prompt = formats.objects_prompt(scene)
+        assert "background" not in prompt and scene.caption().startswith(prompt)
+        assert all(o.name in prompt for o in scene.objects)
+
+
 # --- determinism and errors ---------------------------------------------------------------------
 
 @pytest.mark.parametrize("fmt", DATASET_FORMATS)
@@ -166,7 +177,7 @@ def test_writes_are_byte_identical_and_follow_the_seed(fmt, world, tmp_path):
 
 @pytest.mark.parametrize("fmt, kwargs, fragment", [
     ("cub", {"n_classes": 31}, "n_classes"), ("coco", {"seed": -1}, "seed"), ("strokes", {"image_size": 8}, "image_size"),
-    ("paraprompts", {"min_objects": 5}, "min_objects"),
+    ("paraprompts", {"min_objects": 5}, "min_objects"), ("prompts", {"n_prompts": 0}, "n_prompts"),
 ])
 def test_bad_arguments_are_rejected_before_writing(fmt, kwargs, fragment, tmp_path):
     with pytest.raises(ValueError, match=fragment):
@@ -175,7 +186,7 @@ def test_bad_arguments_are_rejected_before_writing(fmt, kwargs, fragment, tmp_pa
 
 
 def test_unknown_format_names_the_formats(tmp_path):
-    with pytest.raises(DatasetError, match="coco, cub, strokes, paraprompts"):
+    with pytest.raises(DatasetError, match="coco, cub, strokes, paraprompts, prompts"):
         formats.make_toyworld("flowers", tmp_path / "x")
 
 
@@ -183,9 +194,9 @@ def test_training_seeds_are_the_worlds_train_py_draws():
     source = (ROOT / "ctrlbench" / "toyworld" / "train.py").read_text()
     from ctrlbench.toyworld.train import TRAIN_SEED
 
-    # The VAE and SD draw scene_batch's default world, TRAIN_SEED; CLIP and the segmenter pass
-    # seed=TRAIN_SEED + k.
-    offsets = {int(k or 0) for k in re.findall(r"seed=TRAIN_SEED(?: \+ (\d+))?", source)}
+    # The VAE and SD draw scene_batch's default world, TRAIN_SEED; CLIP, the segmenter and the
+    # ControlNet draw TRAIN_SEED + k.
+    offsets = {int(k) for k in re.findall(r"TRAIN_SEED \+ (\d+)", source)}
     assert set(TRAINING_SEEDS) == {TRAIN_SEED, *(TRAIN_SEED + k for k in offsets)}
 
 

@@ -26,6 +26,7 @@ from PIL import Image
 from ctrlbench.shards import shard_of
 
 ROOT = Path(__file__).resolve().parent.parent
+FAST_CONFIG = ROOT / "tests" / "configs" / "tiny.yaml"  # the fast config (tiny random models), as conftest
 SNAKEMAKE = Path(sys.executable).parent / "snakemake"
 
 pytestmark = pytest.mark.slow
@@ -52,7 +53,7 @@ def manifests(results):
 def sd_only_config():
     """The demo config cut down to one method (SD, template prompts, toy CUB): the
     incremental-rerun checks below need several runs, so they run the smallest DAG."""
-    config = yaml.safe_load((ROOT / "config.yaml").read_text())
+    config = yaml.safe_load(FAST_CONFIG.read_text())
     config["datasets"] = {"cub": config["datasets"]["cub"]}
     config["methods"] = {"sd": {**config["methods"]["sd_template"], "datasets": ["cub"]}}
     config["evaluation"]["clip"]["long_text"] = ["truncate"]  # short template prompts: one chunk anyway
@@ -265,9 +266,9 @@ def test_configfile_replaces_the_demo_config(tmp_path):
     merged = snakemake(tmp_path, shard.format("guidance_scale=5.0"), "--dry-run", "--configfile", real,
                        check=False)
     assert merged.returncode != 0
-    shutil.copy(ROOT / "config.yaml", tmp_path / "config.yaml")
+    shutil.copy(FAST_CONFIG, tmp_path / "config.yaml")
     counts = job_counts(snakemake(tmp_path, "--dry-run", "--config", "n_shards=3").stdout)
-    demo = yaml.safe_load((ROOT / "config.yaml").read_text())
+    demo = yaml.safe_load(FAST_CONFIG.read_text())
     toy = {entry["format"] for entry in demo["datasets"].values() if entry["root"] == "toy"}
     assert counts["toy_data"] == len(toy)  # the demo config was loaded, with the override on top
 
@@ -276,9 +277,9 @@ def test_configfile_replaces_the_demo_config(tmp_path):
 def mmm2025_demo(tmp_path_factory):
     """The default config as shipped: the whole mmm2025 chain on toy CUB and Flowers."""
     workdir = tmp_path_factory.mktemp("mmm2025")
-    shutil.copy(ROOT / "config.yaml", workdir / "config.yaml")
+    shutil.copy(FAST_CONFIG, workdir / "config.yaml")
     snakemake(workdir)
-    return workdir, yaml.safe_load((ROOT / "config.yaml").read_text())
+    return workdir, yaml.safe_load(FAST_CONFIG.read_text())
 
 
 def read_manifests(results, dataset, method, paramset="default"):

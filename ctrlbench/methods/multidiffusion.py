@@ -156,6 +156,12 @@ def _steps(params: dict) -> int:
 # --- panorama -------------------------------------------------------------------------------
 
 @torch.no_grad()
+def fuse(value: torch.Tensor, count: torch.Tensor) -> torch.Tensor:
+    """The MultiDiffusion step: every latent pixel is the mean of the window (or region)
+    results covering it; value holds their sum, count how many cover it."""
+    return torch.where(count > 0, value / count, value)
+
+
 def panorama(pipe, prompt: str, params: dict, seed: int | None = None, output_type: str = "pil",
              embeds: dict | None = None, callback: Callable | None = None, label: str | None = None,
              backoff: OomBackoff | None = None):
@@ -203,8 +209,7 @@ def panorama(pipe, prompt: str, params: dict, seed: int | None = None, output_ty
             for (h0, h1, w0, w1), view in zip(chunk, backoff.run(chunk, denoise)):
                 value[:, :, h0:h1, w0:w1] += view
                 count[:, :, h0:h1, w0:w1] += 1
-        # The MultiDiffusion step: every pixel is the mean of the windows covering it.
-        latents = torch.where(count > 0, value / count, value)
+        latents = fuse(value, count)
         if callback is not None:
             callback(i, t, latents)
     if output_type == "latent":
@@ -348,7 +353,7 @@ def regions(pipe, masks, prompts: list[str], background_prompt: str, params: dic
             value[:, :, h0:h1, w0:w1] += (denoised * m).sum(dim=0, keepdim=True)
             count[:, :, h0:h1, w0:w1] += m.sum(dim=0, keepdim=True)
         # Mask-weighted mean of the prompts' results (pixels no mask covers keep `value`).
-        latents = torch.where(count > 0, value / count, value)
+        latents = fuse(value, count)
         if callback is not None:
             callback(i, t, latents, bootstrap)
     if output_type == "latent":

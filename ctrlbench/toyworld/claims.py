@@ -17,6 +17,11 @@ Measures:
   faithfulness MSE of the blurred output to the stroke painting (metrics.faithfulness)
   toy_fid      Frechet distance of the toy CLIP's image embeddings (64-d) to those of real
                toy scenes: "toy FID", not Inception FID, never comparable with it
+  canny_f1     F1 of two images' Canny edges, an edge pixel matching one within 1 px
+  i_sim        cosine of two images' toy CLIP image embeddings
+  seam         the background's colour jump at a panorama's tile borders: over rows where
+               the 4 px either side are flat background, the mean absolute RGB difference
+               (0-1) of their mean colours
 """
 
 from __future__ import annotations
@@ -31,6 +36,7 @@ import torch
 from PIL import Image
 
 from . import scenes
+from .formats import objects_prompt
 
 CLAIM_SEED = 1000       # the held-out scenes the claims run on
 REFERENCE_SEED = 1001   # real scenes: the toy-FID reference set
@@ -385,8 +391,141 @@ def claim_tcig(world: World, n: int = 200) -> list[dict]:
     ]
 
 
+def canny_f1(a: Image.Image, b: Image.Image, tolerance: int = 1) -> float:
+    """F1 of b's Canny edges against a's (the workflow's canny_map, ControlNet's thresholds):
+    an edge pixel counts as matched when the other image has an edge within `tolerance` px."""
+    import cv2
+
+    from ..methods.controlnet import canny_map
+    from .train import CANNY_THRESHOLDS
+
+    edges = [np.asarray(canny_map(im, *CANNY_THRESHOLDS, on="rgb"))[:, :, 0] > 0 for im in (a, b)]
+    kernel = np.ones((2 * tolerance + 1, 2 * tolerance + 1), np.uint8)
+    near = [cv2.dilate(e.astype(np.uint8), kernel) > 0 for e in edges]
+    if not edges[0].any() or not edges[1].any():
+        return 0.0
+    precision = (edges[1] & near[0]).sum() / edges[1].sum()
+    recall = (edges[0] & near[1]).sum() / edges[0].sum()
+    return float(2 * precision * recall / (precision + recall)) if precision + recall else 0.0
+
+
+def i_sim(world: World, a: list[Image.Image], b: list[Image.Image]) -> np.ndarray:
+    return (image_features(world, a) * image_features(world, b)).sum(1)
+
+
+def load_controlnet(world: World, weights: str | Path = WEIGHTS):
+    """The trained toy ControlNet through the workflow's loader, as a ControlNet pipeline
+    sharing the toy SD's modules."""
+    from ..methods.controlnet import build_pipeline
+    from ..models.loaders import load_model
+
+    config = {"hub_offline": True, "models": {"controlnet": {"kind": "controlnet",
+                                                             "source": str(Path(weights) / "controlnet")}}}
+    return build_pipeline(world.pipe, load_model(config, "controlnet", str(world.pipe.device), torch.float32))
+
+
+def claim_controlnet_layout(world: World, n: int = 200, conditioning_scale: float = 1.0,
+                            weights: str | Path = WEIGHTS) -> list[dict]:
+    """7. ControlNet (canny) regeneration keeps the base image's layout: the regenerated image
+    shares more of the base's edges (Canny F1) and looks more like it (toy i-SIM) than an
+    independent SD sample of the same prompt. Base: SD with seed 0; the regeneration and the
+    independent sample both start from seed 1's noise, so the control is the only difference."""
+    from ..methods.controlnet import regenerate
+    from ..methods.registry import CONTROLNET_DEFAULTS
+
+    items = claim_scenes(n)
+    captions = [s.caption() for s in items]
+    base = sd_images(world, captions)
+    independent = sd_images(world, captions, {"seed": 1})
+    params = {**CONTROLNET_DEFAULTS, **GENERATION, "seed": 1, "samples_per_input": 1, "long_side": SIZE,
+              "batch_size": 32, "controlnet_conditioning_scale": conditioning_scale}
+    regenerated = [samples[0] for samples in regenerate(load_controlnet(world, weights), base, captions, params)]
+    real = [scenes.render(s, SIZE) for s in items]
+    paper = "ControlNet canny regeneration (mmm2025's step 2)"
+    return [
+        row("7a", paper, "the regeneration keeps the base's edges (Canny F1) better than an independent sample",
+            "canny_f1", "ControlNet", [canny_f1(b, r) for b, r in zip(base, regenerated)], "independent SD",
+            [canny_f1(b, r) for b, r in zip(base, independent)]),
+        row("7b", paper, "the regeneration looks more like the base (toy i-SIM) than an independent sample",
+            "i_sim", "ControlNet", i_sim(world, base, regenerated), "independent SD", i_sim(world, base, independent),
+            ceiling=float(np.mean(i_sim(world, real, [scenes.render(s, SIZE) for s in items])))),
+    ]
+
+
+PANORAMA_WIDTH = 3 * SIZE       # three 64 px tiles: borders at 64 and 128 px
+PANORAMA_FID_TOLERANCE = 0.25   # "crop toy FID close to SD": at most 25% above (stated before measuring)
+SEAM_STRIP = 4                  # px either side of a border
+SEAM_FLAT = 0.03                # a strip is background when no channel varies more than this (std, 0-1)
+
+
+def seam_score(image: Image.Image, tile: int = SIZE, strip: int = SEAM_STRIP, flat: float = SEAM_FLAT) -> float:
+    """The background's colour jump at the tile borders (x = tile, 2 tile, ...): over the rows
+    where the `strip` px on both sides of a border are flat background (every channel's std
+    below `flat`), the mean absolute RGB difference (0-1) of the two strips' mean colours,
+    averaged over those rows of every border. Objects are left out: an object crossing a
+    border is no seam, and the background is what independent tiles get wrong. NaN when no
+    row qualifies."""
+    pixels = np.asarray(image.convert("RGB"), np.float64) / 255.0
+    jumps = []
+    for x in range(tile, pixels.shape[1], tile):
+        left, right = pixels[:, x - strip:x], pixels[:, x:x + strip]
+        background = (left.std(1).max(1) < flat) & (right.std(1).max(1) < flat)
+        jumps += list(np.abs(left.mean(1) - right.mean(1)).mean(1)[background])
+    return float(np.mean(jumps)) if jumps else float("nan")
+
+
+def tiles_side_by_side(tiles: list[Image.Image]) -> Image.Image:
+    out = Image.new("RGB", (sum(t.width for t in tiles), tiles[0].height))
+    left = 0
+    for tile in tiles:
+        out.paste(tile, (left, 0))
+        left += tile.width
+    return out
+
+
+def claim_panorama(world: World, n: int = 200, stride: int = 8) -> list[dict]:
+    """9. MultiDiffusion panorama (Bar-Tal et al.): a 64x192 panorama (16-latent windows every
+    `stride` latents) of a scene's objects, its background left open, has smaller background
+    jumps at the 64 px tile borders than three independent SD images of the same prompt side
+    by side (seeds 0, 1, 2; 9a) and than the same panorama with windows that do not overlap
+    (no fusion, decoded together; 9c), and its three 64 px crops have a toy FID close to
+    single-view SD's (at most PANORAMA_FID_TOLERANCE above; 9b)."""
+    from ..methods.multidiffusion import panorama, panorama_crops
+    from ..methods.registry import MULTIDIFFUSION_PANORAMA_DEFAULTS
+
+    items = claim_scenes(n)
+    prompts = [objects_prompt(s) for s in items]  # the toy world's panorama prompts
+    params = {**MULTIDIFFUSION_PANORAMA_DEFAULTS, **GENERATION, "width": PANORAMA_WIDTH, "window_size": SIZE // 4,
+              "stride": stride, "view_batch_size": 8}
+    panoramas = [panorama(world.pipe, prompt, params, seed=k) for k, prompt in enumerate(prompts)]
+    # The same panoramas without fusion: windows side by side (stride = window), each
+    # denoised on its own, decoded together.
+    unfused = [panorama(world.pipe, prompt, {**params, "stride": params["window_size"]}, seed=k)
+               for k, prompt in enumerate(prompts)]
+    tiles = [sd_images(world, prompts, {"seed": seed}) for seed in range(PANORAMA_WIDTH // SIZE)]
+    side_by_side = [tiles_side_by_side([t[k] for t in tiles]) for k in range(n)]
+    crops = [crop for image in panoramas for crop in panorama_crops(image, SIZE)]
+    singles = [t[k] for k in range(n) for t in tiles]  # in the crops' order
+    paper = "MultiDiffusion panorama (Bar-Tal et al., ICML 2023)"
+    seams = np.array([[seam_score(p), seam_score(t), seam_score(u)]
+                      for p, t, u in zip(panoramas, side_by_side, unfused)])
+    scored = ~np.isnan(seams).any(1)  # items with a background row at the borders in all three
+    note = f"{int((~scored).sum())} of {n} items without a flat background row at the borders" \
+        if (~scored).any() else ""
+    return [
+        row("9a", paper, "a MultiDiffusion panorama's background jumps less at tile borders than independent tiles'",
+            "seam", "MultiDiffusion", seams[scored, 0], "independent tiles", seams[scored, 1], sign=-1, note=note),
+        row("9c", paper, "fusing overlapping windows is what removes the jumps (vs the same windows without overlap)",
+            "seam", "MultiDiffusion", seams[scored, 0], "windows without overlap", seams[scored, 2], sign=-1,
+            note=note),
+        fid_row("9b", paper, "panorama crops are about as realistic as single SD images (toy FID within 25%)",
+                "MultiDiffusion crops", image_features(world, crops), "SD", image_features(world, singles),
+                world.reference, tolerance=PANORAMA_FID_TOLERANCE),
+    ]
+
+
 CLAIMS = {"1": claim_text_conditioning, "2": claim_sdedit_strength, "3": claim_gradop_faithful,
-          "4": claim_regions, "5": claim_tcig, "6": claim_bld}
+          "4": claim_regions, "5": claim_tcig, "6": claim_bld, "7": claim_controlnet_layout, "9": claim_panorama}
 
 
 PAPER_IOU = {"SI": 0.16, "BLD": 0.17, "MultiDiffusion": 0.26, "TCIG": 0.30}  # MultiDiffusion's table (+ TCIG's)

@@ -14,6 +14,8 @@ scene in every format written from the same seed:
                  layout), plus the real render (real/) and an object label map (masks/)
     paraprompts  the scenes with at least `min_objects` objects, in scene order: the
                  scene's paragraph in the ParaPrompts-400 CSV
+    prompts      scenes 1..n_prompts: the caption without its background ("a red circle
+                 left of a blue square"), one a line in prompts.txt (panorama prompts)
 
 Images are PNG: the scenes are flat colours whose masks match their pixels exactly, and
 the toy models were trained on lossless renders (JPEG would shift colours and edges).
@@ -44,7 +46,7 @@ from ctrlbench.errors import DatasetError
 from . import DATASET_FORMATS, scenes
 from .scenes import _COUNTS, _article, _region
 
-DEFAULT_SEED = 1000  # a held-out world: the toy models were trained on worlds 0-2 (TRAINING_SEEDS)
+DEFAULT_SEED = 1000  # a held-out world: the toy models were trained on worlds 0-3 (TRAINING_SEEDS)
 COCO_CAPTIONS = 5    # per image, as in captions_val2017.json
 CUB_CAPTIONS = 10    # per image, as in text_c10
 # CUB classes: every (shape, colour), shape-major: 001.Red_Circle, 002.Green_Circle, ...
@@ -61,7 +63,7 @@ def make_toyworld(dataset_format: str, root, **kwargs) -> Path:
     """Write the toy-world dataset of `dataset_format` ("coco" | "cub" | "strokes" |
     "paraprompts") at `root`."""
     makers = {"coco": make_toyworld_coco, "cub": make_toyworld_cub, "strokes": make_toyworld_strokes,
-              "paraprompts": make_toyworld_paraprompts}
+              "paraprompts": make_toyworld_paraprompts, "prompts": make_toyworld_prompts}
     if dataset_format not in DATASET_FORMATS:
         raise DatasetError(f"toy world: no {dataset_format!r} dataset; the world is written as "
                            f"{', '.join(DATASET_FORMATS)}")
@@ -320,4 +322,23 @@ def make_toyworld_paraprompts(root, n_prompts: int = 8, min_objects: int = 1, im
         writer.writerow([f"{scene_name(index)}.png", scene.paragraph(), _COUNTS[len(scene.objects)]])
     with _staged(root, "toyworld_paraprompts", dict(n_prompts=n_prompts, min_objects=min_objects, seed=seed)) as staging:
         _write_text(staging / PARAPROMPTS_FILE, buffer.getvalue())
+    return Path(root)
+
+
+def objects_prompt(scene: scenes.Scene) -> str:
+    """The caption without its background: the panorama prompt of a scene (the background is
+    left to the model, as a landscape prompt leaves a panorama's details)."""
+    return scene.caption().rsplit(" on a ", 1)[0]
+
+
+def make_toyworld_prompts(root, n_prompts: int = 8, image_size: int = 64, seed: int = DEFAULT_SEED) -> Path:
+    """Write <root>/prompts.txt: the objects_prompt of scenes 1..n_prompts, one a line (the
+    prompt-list format, docs/data.md). `image_size` is accepted and unused."""
+    _check_counts(n_prompts=n_prompts)
+    _check_image_size(image_size)
+    _check_seed(seed)
+    prompts = [objects_prompt(scenes.scene_for(seed, index)) for index in range(n_prompts)]
+    with _staged(root, "toyworld_prompts", dict(n_prompts=n_prompts, seed=seed)) as staging:
+        header = ["# ctrlbench toy-world panorama prompts: the objects of scenes 1..n, no background"]
+        _write_text(staging / "prompts.txt", _lines(header + prompts))
     return Path(root)

@@ -17,6 +17,8 @@ Models (each a model kind the workflow already loads from a local folder):
              dropped (so classifier-free guidance works), DDIM scheduler
   clip       open_clip CLIP (hub folder format), trained contrastively on scene/caption pairs
   segmenter  ToyFCN (models/toy_fcn.py), background + one class per shape
+  controlnet diffusers ControlNetModel on the toy SD's UNet (copied from its encoder),
+             conditioned on Canny maps of the scenes, the SD frozen (issue 20)
 """
 
 from __future__ import annotations
@@ -48,8 +50,13 @@ SETTINGS = {  # per model: steps, batch size, learning rate; the defaults of a f
            "n_latents": 40000, "warmup": 100, "resume": False},
     "clip": {"steps": 1500, "batch_size": 128, "lr": 5e-4, "warmup": 100},
     "segmenter": {"steps": 1200, "batch_size": 32, "lr": 2e-3, "vae_fraction": 0.5},
+    "controlnet": {"steps": 2000, "batch_size": 32, "lr": 5e-4, "caption_dropout": 0.5, "n_latents": 12000,
+                   "warmup": 50},
 }
-ORDER = ("vae", "sd", "clip", "segmenter")
+ORDER = ("vae", "sd", "clip", "segmenter", "controlnet")
+# The Canny map the ControlNet learns from: the workflow's own (methods/controlnet.py
+# canny_map, on the RGB array) with ControlNet's default thresholds.
+CANNY_THRESHOLDS = (100, 200)
 
 
 # --- data ---------------------------------------------------------------------------------
@@ -267,6 +274,77 @@ def train_sd(out: Path, vae_dir: Path, steps: int, batch_size: int, lr: float, c
     return {"history": history, "extra": {"n_latents": n_latents}}
 
 
+def canny_tensor(images) -> torch.Tensor:
+    """(n, 3, H, W) Canny maps in [0, 1] of PIL images, as the ControlNet pipeline feeds them."""
+    from ..methods.controlnet import canny_map
+
+    maps = [np.asarray(canny_map(image, *CANNY_THRESHOLDS, on="rgb")) for image in images]
+    return torch.from_numpy(np.stack(maps)).permute(0, 3, 1, 2).float() / 255.0
+
+
+def train_controlnet(out: Path, sd_dir: Path, steps: int, batch_size: int, lr: float, caption_dropout: float,
+                     n_latents: int, warmup: int, seed: int = 0) -> dict:
+    """A canny ControlNet for the toy SD: initialised from its UNet's encoder
+    (ControlNetModel.from_unet, zero convolutions), the SD frozen, epsilon MSE on the same
+    noise schedule; half the captions dropped, as ControlNet's training drops 50%, so the edges
+    alone must carry the layout."""
+    from diffusers import ControlNetModel, StableDiffusionPipeline
+
+    if not (Path(sd_dir) / "model_index.json").is_file():
+        raise FileNotFoundError(f"toyworld.train controlnet: no trained toy SD in {sd_dir}; train it first "
+                                f"(python -m ctrlbench.toyworld.train --only vae sd --out <same folder>)")
+    torch.manual_seed(seed)
+    pipe = StableDiffusionPipeline.from_pretrained(sd_dir, torch_dtype=torch.float32, safety_checker=None)
+    unet = pipe.unet.eval().requires_grad_(False)
+    text_encoder = pipe.text_encoder.eval().requires_grad_(False)
+    # Canny maps are at 64 px and the latents at 16x16: a x4 conditioning embedding (two
+    # stride-2 convolutions), not SD's x8 one.
+    controlnet = ControlNetModel.from_unet(unet, conditioning_embedding_out_channels=(16, 32, 64)).train()
+    start = time.time()
+    latents, cond, captions = [], [], []
+    generator = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for first in range(0, n_latents, 256):
+            batch = [scenes.scene_for(TRAIN_SEED + 3, i) for i in range(first, min(first + 256, n_latents))]
+            images = [scenes.render(scene, IMAGE_SIZE) for scene in batch]
+            latents.append(pipe.vae.encode(images_tensor(images)).latent_dist.sample(generator)
+                           * pipe.vae.config.scaling_factor)
+            cond.append(canny_tensor(images))
+            captions += [scene.caption() for scene in batch]
+    latents, cond = torch.cat(latents), torch.cat(cond)
+    print(f"[controlnet] encoded {n_latents} scenes in {time.time() - start:.0f} s", flush=True)
+    optimizer = torch.optim.AdamW(controlnet.parameters(), lr=lr, weight_decay=0.0)
+    alphas = pipe.scheduler.alphas_cumprod
+    rng = np.random.default_rng(seed)
+    history = History()
+    for step in range(steps):
+        for group in optimizer.param_groups:
+            group["lr"] = _lr(step, steps, lr, warmup)
+        index = rng.integers(0, n_latents, batch_size)
+        texts = ["" if rng.random() < caption_dropout else captions[i] for i in index]
+        ids = pipe.tokenizer(texts, padding="max_length", max_length=pipe.tokenizer.model_max_length,
+                             truncation=True, return_tensors="pt").input_ids
+        with torch.no_grad():
+            text = text_encoder(ids)[0]
+        x0 = latents[torch.from_numpy(index)]
+        noise = torch.randn_like(x0)
+        t = torch.from_numpy(rng.integers(0, pipe.scheduler.config.num_train_timesteps, batch_size))
+        a = alphas[t].view(-1, 1, 1, 1)
+        noisy = a.sqrt() * x0 + (1 - a).sqrt() * noise
+        down, mid = controlnet(noisy, t, text, controlnet_cond=cond[torch.from_numpy(index)], return_dict=False)
+        prediction = unet(noisy, t, text, down_block_additional_residuals=down,
+                          mid_block_additional_residual=mid).sample
+        loss = F.mse_loss(prediction, noise)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(controlnet.parameters(), 1.0)
+        optimizer.step()
+        history.add(step, loss=loss.item())
+        _log("controlnet", step, steps, start, loss=loss.item())
+    controlnet.eval().to(torch.float16).save_pretrained(out, safe_serialization=True)
+    return {"history": history, "extra": {"n_latents": n_latents, "canny_thresholds": list(CANNY_THRESHOLDS)}}
+
+
 def _clip_tokenize(captions: list[str]) -> torch.Tensor:
     import open_clip
 
@@ -391,6 +469,8 @@ def train(name: str, out_root: Path, settings: dict, seed: int = 0) -> dict:
         result = train_clip(out, seed=seed, **settings)
     elif name == "segmenter":
         result = train_segmenter(out, vae_dir=out_root / "vae", seed=seed, **settings)
+    elif name == "controlnet":
+        result = train_controlnet(out, out_root / "sd", seed=seed, **settings)
     else:
         raise ValueError(f"unknown toy model {name!r} (models: {', '.join(ORDER)})")
     result["history"].write(out / "history.csv")
@@ -453,7 +533,7 @@ def main(argv: list[str] | None = None) -> None:
             settings["warmup"] = 20
         if args.steps:
             settings["steps"] = args.steps
-            if name == "sd":
+            if name in ("sd", "controlnet"):
                 settings["n_latents"] = min(settings["n_latents"], args.steps * settings["batch_size"])
         if name == "sd" and args.resume_sd and (out_root / "sd" / "history.csv").exists():
             import pandas as pd
