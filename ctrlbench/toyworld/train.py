@@ -208,6 +208,22 @@ def _load_toy_vae(vae_dir: Path | None, needed_by: str):
     return AutoencoderKL.from_pretrained(vae_dir, torch_dtype=torch.float32).eval().requires_grad_(False)
 
 
+def noised_batch(rng: np.random.Generator, latents: torch.Tensor, captions: list[str], tokenizer, batch_size: int,
+                 caption_dropout: float, alphas: torch.Tensor):
+    """One denoising-training batch: random items, their captions (each dropped to "" with
+    probability caption_dropout) as token ids, and their latents noised at random timesteps
+    of SD's schedule (alphas = alphas_cumprod). Returns (index, ids, noise, t, noisy)."""
+    index = torch.from_numpy(rng.integers(0, len(latents), batch_size))
+    texts = ["" if rng.random() < caption_dropout else captions[i] for i in index.tolist()]
+    ids = tokenizer(texts, padding="max_length", max_length=tokenizer.model_max_length, truncation=True,
+                    return_tensors="pt").input_ids
+    x0 = latents[index]
+    noise = torch.randn_like(x0)
+    t = torch.from_numpy(rng.integers(0, len(alphas), batch_size))
+    a = alphas[t].view(-1, 1, 1, 1)
+    return index, ids, noise, t, a.sqrt() * x0 + (1 - a).sqrt() * noise
+
+
 def train_sd(out: Path, vae_dir: Path, steps: int, batch_size: int, lr: float, caption_dropout: float,
              ema: float, n_latents: int, warmup: int, resume: bool = False, seed: int = 0) -> dict:
     """resume: continue from the pipeline already in `out` (its EMA weights, a fresh
@@ -246,15 +262,7 @@ def train_sd(out: Path, vae_dir: Path, steps: int, batch_size: int, lr: float, c
     for step in range(steps):
         for group in optimizer.param_groups:
             group["lr"] = _lr(step, steps, lr, warmup)
-        index = rng.integers(0, n_latents, batch_size)
-        texts = ["" if rng.random() < caption_dropout else captions[i] for i in index]
-        ids = tokenizer(texts, padding="max_length", max_length=tokenizer.model_max_length, truncation=True,
-                        return_tensors="pt").input_ids
-        x0 = latents[torch.from_numpy(index)]
-        noise = torch.randn_like(x0)
-        t = torch.from_numpy(rng.integers(0, scheduler.config.num_train_timesteps, batch_size))
-        a = alphas[t].view(-1, 1, 1, 1)
-        noisy = a.sqrt() * x0 + (1 - a).sqrt() * noise
+        _, ids, noise, t, noisy = noised_batch(rng, latents, captions, tokenizer, batch_size, caption_dropout, alphas)
         prediction = unet(noisy, t, text_encoder(ids)[0]).sample
         loss = F.mse_loss(prediction, noise)
         optimizer.zero_grad(set_to_none=True)
@@ -320,18 +328,11 @@ def train_controlnet(out: Path, sd_dir: Path, steps: int, batch_size: int, lr: f
     for step in range(steps):
         for group in optimizer.param_groups:
             group["lr"] = _lr(step, steps, lr, warmup)
-        index = rng.integers(0, n_latents, batch_size)
-        texts = ["" if rng.random() < caption_dropout else captions[i] for i in index]
-        ids = pipe.tokenizer(texts, padding="max_length", max_length=pipe.tokenizer.model_max_length,
-                             truncation=True, return_tensors="pt").input_ids
+        index, ids, noise, t, noisy = noised_batch(rng, latents, captions, pipe.tokenizer, batch_size,
+                                                   caption_dropout, alphas)
         with torch.no_grad():
             text = text_encoder(ids)[0]
-        x0 = latents[torch.from_numpy(index)]
-        noise = torch.randn_like(x0)
-        t = torch.from_numpy(rng.integers(0, pipe.scheduler.config.num_train_timesteps, batch_size))
-        a = alphas[t].view(-1, 1, 1, 1)
-        noisy = a.sqrt() * x0 + (1 - a).sqrt() * noise
-        down, mid = controlnet(noisy, t, text, controlnet_cond=cond[torch.from_numpy(index)], return_dict=False)
+        down, mid = controlnet(noisy, t, text, controlnet_cond=cond[index], return_dict=False)
         prediction = unet(noisy, t, text, down_block_additional_residuals=down,
                           mid_block_additional_residual=mid).sample
         loss = F.mse_loss(prediction, noise)
