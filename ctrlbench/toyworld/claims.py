@@ -57,6 +57,7 @@ class World:
     segmenter: object  # ToyFCN: background + one class per shape
     reference: np.ndarray = field(default=None)  # toy CLIP features of the real reference scenes
     sd_cache: dict = field(default_factory=dict)  # plain SD images by (prompts, params): shared by the claims
+    weights: Path = WEIGHTS  # the folder of the toy models (claim 7 loads the ControlNet from it)
 
 
 def load_world(weights: str | Path = WEIGHTS, device: str = "cpu", n_reference: int = 500) -> World:
@@ -73,6 +74,7 @@ def load_world(weights: str | Path = WEIGHTS, device: str = "cpu", n_reference: 
     world.pipe.set_progress_bar_config(disable=True)
     reference = [scenes.render(scenes.scene_for(REFERENCE_SEED, i), SIZE) for i in range(n_reference)]
     world.reference = image_features(world, reference)
+    world.weights = weights
     return world
 
 
@@ -413,19 +415,18 @@ def i_sim(world: World, a: list[Image.Image], b: list[Image.Image]) -> np.ndarra
     return (image_features(world, a) * image_features(world, b)).sum(1)
 
 
-def load_controlnet(world: World, weights: str | Path = WEIGHTS):
-    """The trained toy ControlNet through the workflow's loader, as a ControlNet pipeline
-    sharing the toy SD's modules."""
+def load_controlnet(world: World):
+    """The trained toy ControlNet (in world.weights) through the workflow's loader, as a
+    ControlNet pipeline sharing the toy SD's modules."""
     from ..methods.controlnet import build_pipeline
     from ..models.loaders import load_model
 
     config = {"hub_offline": True, "models": {"controlnet": {"kind": "controlnet",
-                                                             "source": str(Path(weights) / "controlnet")}}}
+                                                             "source": str(world.weights / "controlnet")}}}
     return build_pipeline(world.pipe, load_model(config, "controlnet", str(world.pipe.device), torch.float32))
 
 
-def claim_controlnet_layout(world: World, n: int = 200, conditioning_scale: float = 1.0,
-                            weights: str | Path = WEIGHTS) -> list[dict]:
+def claim_controlnet_layout(world: World, n: int = 200) -> list[dict]:
     """7. ControlNet (canny) regeneration keeps the base image's layout: the regenerated image
     shares more of the base's edges (Canny F1) and looks more like it (toy i-SIM) than an
     independent SD sample of the same prompt. Base: SD with seed 0; the regeneration and the
@@ -438,8 +439,8 @@ def claim_controlnet_layout(world: World, n: int = 200, conditioning_scale: floa
     base = sd_images(world, captions)
     independent = sd_images(world, captions, {"seed": 1})
     params = {**CONTROLNET_DEFAULTS, **GENERATION, "seed": 1, "samples_per_input": 1, "long_side": SIZE,
-              "batch_size": 32, "controlnet_conditioning_scale": conditioning_scale}
-    regenerated = [samples[0] for samples in regenerate(load_controlnet(world, weights), base, captions, params)]
+              "batch_size": 32}
+    regenerated = [samples[0] for samples in regenerate(load_controlnet(world), base, captions, params)]
     paper = "ControlNet canny regeneration (mmm2025's step 2)"
     return [
         row("7a", paper, "the regeneration keeps the base's edges (Canny F1) better than an independent sample",
